@@ -1,0 +1,150 @@
+"""Typed, DICOM-free results of the analysis pipelines.
+
+These types are the contract between ``pipelines/`` (which produce them) and ``dicom_node/reports/``
+(which encodes them as DICOM SR and SEG). They carry UIDs as plain strings so that a result can point at
+the source images it was computed from, but nothing in here imports pydicom or knows about DICOM
+encoding. Coordinates are patient coordinates in millimetres in the DICOM patient system (LPS: +x to
+the patient's left, +y posterior, +z head), the same system as ImagePositionPatient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+Point3D = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model produced a result: shown as the algorithm in every SR and SEG."""
+
+    name: str
+    version: str
+    manufacturer: str = "dicom-node"
+    weights_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError('Argument "name" must not be empty.')
+        if not self.version:
+            raise ValueError('Argument "version" must not be empty.')
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """One source image (or one frame of a multi-frame image)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame_number: int | None = None
+
+
+@dataclass(frozen=True)
+class ClassificationFinding:
+    """One label of an image-level multi-label classifier."""
+
+    label: str
+    probability: float
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f'Argument "probability" must be in [0, 1], got {self.probability}.')
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f'Argument "threshold" must be in [0, 1], got {self.threshold}.')
+
+    @property
+    def positive(self) -> bool:
+        """Whether the probability reaches the model's operating threshold."""
+        return self.probability >= self.threshold
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    """Image-level findings on one radiograph."""
+
+    model: ModelInfo
+    source: ImageReference
+    findings: tuple[ClassificationFinding, ...]
+
+
+@dataclass(frozen=True)
+class Nodule:
+    """One detected lung nodule, in patient coordinates (mm).
+
+    ``box_min``/``box_max`` are opposite corners of the axis-aligned box in patient coordinates;
+    ``source_slice`` is the source image whose plane contains (or is nearest to) the centre.
+    ``center_voxel`` is (column, row) of the centre on that slice, in pixels (0-based, pixel centres
+    at integers), so that writers can draw it as an image region.
+    """
+
+    center: Point3D
+    box_min: Point3D
+    box_max: Point3D
+    long_axis_mm: float
+    volume_mm3: float
+    confidence: float
+    source_slice: ImageReference
+    center_pixel: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ValueError(f'Argument "confidence" must be in [0, 1], got {self.confidence}.')
+        if self.long_axis_mm < 0 or self.volume_mm3 < 0:
+            raise ValueError('Arguments "long_axis_mm" and "volume_mm3" must not be negative.')
+
+
+@dataclass(frozen=True)
+class NoduleDetectionResult:
+    """All nodules found in one CT series (possibly none)."""
+
+    model: ModelInfo
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    source_images: tuple[ImageReference, ...]
+    nodules: tuple[Nodule, ...]
+
+
+@dataclass(frozen=True)
+class SegmentLabel:
+    """One label of a label map: its value, name and what was measured on it."""
+
+    value: int
+    name: str
+    volume_mm3: float
+    mean_attenuation_hu: float | None = None
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """A label map on the source grid.
+
+    ``label_map`` has shape (len(source_images), rows, columns); plane ``i`` lies on
+    ``source_images[i]``. Value 0 is background; every other value present is described in ``labels``.
+    """
+
+    model: ModelInfo
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    source_images: tuple[ImageReference, ...]
+    label_map: npt.NDArray[np.uint16]
+    labels: tuple[SegmentLabel, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.label_map.ndim != 3:
+            raise ValueError('Argument "label_map" must have three dimensions (slices, rows, columns).')
+        if self.label_map.shape[0] != len(self.source_images):
+            raise ValueError(
+                f'Argument "label_map" has {self.label_map.shape[0]} planes but '
+                f"{len(self.source_images)} source images were given."
+            )
+        values = [label.value for label in self.labels]
+        if len(set(values)) != len(values) or any(v <= 0 for v in values):
+            raise ValueError('Argument "labels" must have distinct positive values.')
+
+
+Findings = ClassificationResult | NoduleDetectionResult | SegmentationResult
