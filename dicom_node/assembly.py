@@ -1,0 +1,114 @@
+"""Study assembly: a series is stable after its quiet period, a study complete after its window.
+
+Kept entirely in the database so a restart loses no partial study. A study is ``complete`` once no
+instance arrived for its window (``quiet_period``, or the longest ``quiet_period`` of the routes that
+match it), or once it is older than ``max_study_age`` whatever keeps arriving (a forced close). A later
+instance re-opens it as ``updated``; when that is quiet again it is ``complete`` with ``revision`` + 1,
+which is what later stages compare to decide whether to run again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from dicom_node.config import Settings
+from dicom_node.index.database import Database
+from dicom_node.index.models import Series, SeriesState, Study, StudyState, utcnow
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompletedStudy:
+    """A study that just turned complete."""
+
+    study_instance_uid: str
+    revision: int
+    forced: bool
+
+
+def _as_aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes even for timezone-aware columns; every stored value is UTC.
+    from datetime import UTC
+
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _route_matches(route: Mapping[str, Any], study: Study) -> bool:
+    match = route.get("match", {})
+    modalities = set(filter(None, study.modalities.split("\\")))
+    wanted = match.get("modality")
+    if wanted:
+        allowed = {wanted} if isinstance(wanted, str) else set(wanted)
+        if not modalities & allowed:
+            return False
+    calling = match.get("calling_ae")
+    if calling:
+        allowed_ae = {calling} if isinstance(calling, str) else set(calling)
+        if study.calling_ae_title not in allowed_ae:
+            return False
+    return True
+
+
+def study_window(
+    study: Study, settings: Settings, routes: Sequence[Mapping[str, Any]] | None = None
+) -> float:
+    """The quiet period for ``study``: the longest window of the routes that match it, else the default."""
+    windows = [
+        float(route["quiet_period"])
+        for route in (settings.routes if routes is None else routes)
+        if "quiet_period" in route and _route_matches(route, study)
+    ]
+    return max(windows) if windows else settings.quiet_period
+
+
+def mark_stable_series(session: Session, settings: Settings, now: datetime) -> int:
+    """Series with no instance for ``series_quiet_period`` become stable."""
+    cutoff = now - timedelta(seconds=settings.series_quiet_period)
+    result = session.execute(
+        update(Series)
+        .where(Series.state == SeriesState.RECEIVING, Series.last_received_at <= cutoff)
+        .values(state=SeriesState.STABLE, stable_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def assemble(database: Database, settings: Settings, now: datetime | None = None) -> list[CompletedStudy]:
+    """One pass: mark quiet series stable and quiet (or too old) studies complete."""
+    now = now or utcnow()
+    completed: list[CompletedStudy] = []
+    with database.session() as session:
+        mark_stable_series(session, settings, now)
+        open_studies = session.scalars(
+            select(Study).where(Study.state.in_([StudyState.RECEIVING, StudyState.UPDATED]))
+        ).all()
+        for study in open_studies:
+            quiet = (now - _as_aware(study.last_received_at)).total_seconds()
+            age = (now - _as_aware(study.first_received_at)).total_seconds()
+            forced = age >= settings.max_study_age
+            if quiet < study_window(study, settings) and not forced:
+                continue
+            study.state = StudyState.COMPLETE
+            study.completed_at = now
+            study.revision += 1
+            if forced:
+                # Close the series too, so a study that never goes quiet still moves on.
+                for series in study.series:
+                    if series.state == SeriesState.RECEIVING:
+                        series.state = SeriesState.STABLE
+                        series.stable_at = now
+            completed.append(CompletedStudy(study.study_instance_uid, study.revision, forced))
+            LOG.info(
+                "study %s complete (revision %d%s)",
+                study.study_instance_uid,
+                study.revision,
+                ", forced by max_study_age" if forced else "",
+            )
+    return completed

@@ -1,0 +1,105 @@
+"""The node's Application Entity: presentation contexts, TLS, and one place where it is all wired.
+
+``build_ae`` makes the AE; ``EdgeServer`` starts it on the configured address and stops it gracefully:
+on SIGTERM it stops accepting, lets associations finish for a grace period, waits for every C-STORE in
+flight to be written and indexed, and only then aborts what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.config import Settings, TlsConfig
+from dicom_node.edge.audit import AuditTrail
+from dicom_node.edge.handlers import EdgeHandlers
+from dicom_node.ingest import Ingest
+
+LOG = logging.getLogger(__name__)
+
+
+def build_ae(settings: Settings) -> AE:
+    """An AE that accepts C-ECHO and every storage SOP class in every transfer syntax pynetdicom knows."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = settings.timeouts.acse
+    ae.dimse_timeout = settings.timeouts.dimse
+    ae.network_timeout = settings.timeouts.network
+    # Called/calling AE checks are done by EdgeHandlers.handle_requested so that every refusal is
+    # audited with its reason; pynetdicom's own checks stay off.
+    ae.require_called_aet = False
+    ae.require_calling_aet = []
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """A TLS 1.2+ server context; with ``require_client_certificate`` peers must present a trusted one."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
+    if tls.ca_certificates is not None:
+        context.load_verify_locations(cafile=str(tls.ca_certificates))
+    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+    return context
+
+
+class EdgeServer:
+    """The running listener."""
+
+    def __init__(self, settings: Settings, ingest: Ingest) -> None:
+        self.settings = settings
+        self.ae = build_ae(settings)
+        self.handlers = EdgeHandlers(
+            ae_title=settings.ae_title,
+            access=settings.access,
+            ingest=ingest,
+            audit=AuditTrail(ingest.database),
+            tls=settings.tls is not None,
+        )
+        self.server: ThreadedAssociationServer | None = None
+
+    def start(self) -> tuple[str, int]:
+        """Start listening in background threads; returns the bound (host, port)."""
+        ssl_context = server_ssl_context(self.settings.tls) if self.settings.tls else None
+        server = self.ae.start_server(
+            (self.settings.host, self.settings.port),
+            block=False,
+            ssl_context=ssl_context,
+            evt_handlers=self.handlers.bindings(),
+        )
+        assert server is not None
+        self.server = server
+        host, port = server.server_address[:2]
+        LOG.info(
+            "listening as %s on %s:%d%s", self.settings.ae_title, host, port, " (TLS)" if ssl_context else ""
+        )
+        return str(host), int(port)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let associations finish (up to ``grace`` s), finish in-flight stores, exit."""
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        # socketserver's own shutdown stops the accept loop without touching live associations.
+        super(ThreadedAssociationServer, server).shutdown()
+        server.server_close()
+        deadline = time.monotonic() + grace
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.handlers.wait_idle(max(1.0, deadline - time.monotonic()))
+        for assoc in server.active_associations:
+            LOG.warning("aborting association with %s after the grace period", assoc.requestor.ae_title)
+            assoc.abort()
+        self.handlers.wait_idle(5.0)
+        if server in self.ae._servers:
+            self.ae._servers.remove(server)

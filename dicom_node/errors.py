@@ -1,0 +1,68 @@
+"""The node's exceptions.
+
+    DicomNodeError
+    ├── ConfigError                 bad settings file, environment variable or flag
+    ├── IngestError                 an instance that cannot be kept; carries a DICOM status
+    │   ├── InvalidIdentifierError  a missing or malformed Study/Series/SOP Instance UID (0xA900)
+    │   ├── UnreadableDatasetError  the data set cannot be decoded (0xC210)
+    │   ├── ConflictingInstanceError a re-sent SOP Instance UID with other content (0xA900 family)
+    │   └── StorageFullError        no space left on the storage root (0xA700)
+    ├── TransientSendError          a delivery that may succeed later (peer down, timeout)
+    └── PermanentSendError          a delivery that will never succeed as it is
+
+The network edge maps ``IngestError`` subclasses to C-STORE statuses with an error comment; anything
+else propagates and pynetdicom answers 0xC211.
+"""
+
+from __future__ import annotations
+
+
+class DicomNodeError(Exception):
+    """Root of every error the node raises on purpose."""
+
+
+class ConfigError(DicomNodeError):
+    """A setting is missing or has a wrong value; the message names it."""
+
+
+class IngestError(DicomNodeError):
+    """An instance could not be stored; ``status`` is the C-STORE status to answer."""
+
+    status: int = 0xC210
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class InvalidIdentifierError(IngestError):
+    """A UID needed to file the instance is missing or not a valid UID."""
+
+    status = 0xA900
+
+
+class UnreadableDatasetError(IngestError):
+    """The received bytes are not a decodable DICOM data set."""
+
+    status = 0xC210
+
+
+class ConflictingInstanceError(IngestError):
+    """An instance with this SOP Instance UID is already stored with different content."""
+
+    status = 0xA900
+
+
+class StorageFullError(IngestError):
+    """The storage root has no space left."""
+
+    status = 0xA700
+
+
+class TransientSendError(DicomNodeError):
+    """A delivery failed in a way that may succeed on retry."""
+
+
+class PermanentSendError(DicomNodeError):
+    """A delivery failed in a way that retrying will not fix."""

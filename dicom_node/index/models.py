@@ -1,0 +1,136 @@
+"""The index: SQLAlchemy 2 ORM rows for studies, series, instances and the association audit trail.
+
+Every unit of work is a row with a state, so any process can restart without losing track. The schema
+is owned by Alembic (``dicom_node/index/migrations``); ``Base.metadata`` is what its revisions mirror.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now; every timestamp in the index is UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class StudyState(StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    UPDATED = "updated"
+
+
+class SeriesState(StrEnum):
+    RECEIVING = "receiving"
+    STABLE = "stable"
+
+
+class AssociationOutcome(StrEnum):
+    ACTIVE = "active"
+    RELEASED = "released"
+    ABORTED = "aborted"
+    REJECTED = "rejected"
+
+
+class Study(Base):
+    __tablename__ = "study"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    modalities: Mapped[str] = mapped_column(String(128), default="")
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
+    num_series: Mapped[int] = mapped_column(Integer, default=0)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_date: Mapped[str | None] = mapped_column(String(8))
+    protocol_name: Mapped[str | None] = mapped_column(String(64))
+    image_type: Mapped[str | None] = mapped_column(String(128))
+    orientation: Mapped[str | None] = mapped_column(String(16))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    slice_thickness: Mapped[float | None] = mapped_column(Float)
+    kvp: Mapped[float | None] = mapped_column(Float)
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    frame_of_reference_uid: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.id")
+
+
+class Instance(Base):
+    __tablename__ = "instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(260))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    association_id: Mapped[int | None] = mapped_column(ForeignKey("association.id", ondelete="SET NULL"))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class AssociationRecord(Base):
+    """The audit trail: one row per association, accepted or not."""
+
+    __tablename__ = "association"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    called_ae_title: Mapped[str] = mapped_column(String(16))
+    peer_address: Mapped[str] = mapped_column(String(64))
+    peer_port: Mapped[int] = mapped_column(Integer)
+    tls: Mapped[bool] = mapped_column(default=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str] = mapped_column(String(16), default=AssociationOutcome.ACTIVE)
+    reason: Mapped[str | None] = mapped_column(Text)
+    instances_accepted: Mapped[int] = mapped_column(Integer, default=0)
+    instances_refused: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_accepted: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (Index("ix_association_started_at", "started_at"),)

@@ -1,0 +1,350 @@
+"""Keeping one received instance: validate its identifiers, write it durably, index it.
+
+``Ingest.store`` is what the C-STORE handler calls; it returns only after the file is fsynced and
+renamed into place and its index row is committed ("ack means durable"). Re-sent instances:
+
+* identical bytes (same sha256 of the encoded data set as received) → success, still one instance;
+* different bytes under the same SOP Instance UID → the newer content wins (a modality or PACS that
+  re-sends a corrected instance expects that), the earlier file is kept under ``.superseded/`` and the
+  instance's ``version`` goes up, so nothing received is ever lost and the study re-opens as
+  ``updated``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dicom_node.errors import InvalidIdentifierError, UnreadableDatasetError
+from dicom_node.index.database import Database
+from dicom_node.index.models import (
+    Instance,
+    Series,
+    SeriesState,
+    Study,
+    StudyState,
+    utcnow,
+)
+from dicom_node.store import InstanceStore, StoredFile, validate_uid
+
+LOG = logging.getLogger(__name__)
+
+
+class StoreOutcome(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REPLACED = "replaced"
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple) or (hasattr(value, "__iter__") and not isinstance(value, str)):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text[:limit] or None
+
+
+def _number(ds: Dataset, keyword: str) -> float | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def orientation_of(ds: Dataset) -> str | None:
+    """axial / coronal / sagittal / oblique from Image Orientation (Patient), if present."""
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None or len(iop) != 6:
+        return None
+    try:
+        r = [float(v) for v in iop[:3]]
+        c = [float(v) for v in iop[3:]]
+    except (TypeError, ValueError):
+        return None
+    normal = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+    axis = max(range(3), key=lambda i: abs(normal[i]))
+    if abs(normal[axis]) < 0.8:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """The identifiers and indexable attributes of one received data set."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    instance_number: int | None
+    study: dict[str, Any]
+    series: dict[str, Any]
+
+
+def describe_instance(
+    ds: Dataset,
+    *,
+    transfer_syntax_uid: str,
+    requested_sop_class_uid: str | None = None,
+    requested_sop_instance_uid: str | None = None,
+) -> ReceivedInstance:
+    """Validate the identifiers of ``ds`` and pick the attributes the index keeps.
+
+    Raises ``InvalidIdentifierError`` naming the attribute, or ``UnreadableDatasetError`` when the
+    data set cannot be parsed (a truncated or corrupt stream).
+    """
+    try:
+        study_uid = validate_uid(ds.get("StudyInstanceUID"), "Study Instance UID (0020,000D)")
+        series_uid = validate_uid(ds.get("SeriesInstanceUID"), "Series Instance UID (0020,000E)")
+        sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOP Instance UID (0008,0018)")
+        sop_class = validate_uid(ds.get("SOPClassUID"), "SOP Class UID (0008,0016)")
+        if requested_sop_instance_uid and requested_sop_instance_uid.rstrip("\x00 ") != sop_uid:
+            raise InvalidIdentifierError(
+                "SOP Instance UID (0008,0018) in the data set differs from Affected SOP Instance UID"
+            )
+        if requested_sop_class_uid and requested_sop_class_uid.rstrip("\x00 ") != sop_class:
+            raise InvalidIdentifierError(
+                "SOP Class UID (0008,0016) in the data set differs from Affected SOP Class UID"
+            )
+        number = ds.get("InstanceNumber")
+        instance_number = int(number) if number not in (None, "") else None
+        series_number = ds.get("SeriesNumber")
+        study = {
+            "patient_id": _text(ds, "PatientID"),
+            "accession_number": _text(ds, "AccessionNumber"),
+            "study_date": _text(ds, "StudyDate", 8),
+            "study_time": _text(ds, "StudyTime", 16),
+            "study_description": _text(ds, "StudyDescription"),
+        }
+        series = {
+            "modality": _text(ds, "Modality", 16),
+            "body_part_examined": _text(ds, "BodyPartExamined"),
+            "series_description": _text(ds, "SeriesDescription"),
+            "series_number": int(series_number) if series_number not in (None, "") else None,
+            "series_date": _text(ds, "SeriesDate", 8),
+            "protocol_name": _text(ds, "ProtocolName"),
+            "image_type": _text(ds, "ImageType", 128),
+            "orientation": orientation_of(ds),
+            "view_position": _text(ds, "ViewPosition", 16),
+            "slice_thickness": _number(ds, "SliceThickness"),
+            "kvp": _number(ds, "KVP"),
+            "manufacturer": _text(ds, "Manufacturer"),
+            "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID"),
+        }
+    except InvalidIdentifierError:
+        raise
+    except Exception as error:  # pydicom raises many types on corrupt input
+        raise UnreadableDatasetError(f"the data set cannot be decoded: {error}") from error
+    return ReceivedInstance(
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=transfer_syntax_uid,
+        instance_number=instance_number,
+        study=study,
+        series=series,
+    )
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    outcome: StoreOutcome
+    sop_instance_uid: str
+    size: int
+
+
+class Ingest:
+    """Everything the C-STORE handler needs: the store, the index and one write lock per process."""
+
+    def __init__(self, store: InstanceStore, database: Database) -> None:
+        self.store = store
+        self.database = database
+        # Rename + commit happen under one lock so two associations that deliver the same SOP
+        # Instance UID at once cannot interleave; the slow part (write + fsync) runs outside it.
+        self._lock = threading.Lock()
+
+    def store_encoded(
+        self,
+        received: ReceivedInstance,
+        encoded: bytes | memoryview,
+        *,
+        calling_ae_title: str | None = None,
+        association_id: int | None = None,
+    ) -> StoreResult:
+        """Write ``encoded`` (a complete DICOM file: preamble, meta, data set) and index it."""
+        relative = self.store.relative_path(
+            received.study_instance_uid, received.series_instance_uid, received.sop_instance_uid
+        )
+        tmp_path, written = self.store.write_temporary(encoded)
+        try:
+            with self._lock:
+                for attempt in range(3):
+                    try:
+                        return self._commit(
+                            received, relative, tmp_path, written, calling_ae_title, association_id
+                        )
+                    except IntegrityError:
+                        # Another process inserted the same study/series/instance first; retry.
+                        if attempt == 2:
+                            raise
+                raise AssertionError("unreachable")
+        finally:
+            self.store.discard(tmp_path)
+
+    def _commit(
+        self,
+        received: ReceivedInstance,
+        relative: str,
+        tmp_path: Path,
+        written: StoredFile,
+        calling_ae_title: str | None,
+        association_id: int | None,
+    ) -> StoreResult:
+        now = utcnow()
+        with self.database.sessions() as session:
+            existing = session.scalar(
+                select(Instance).where(Instance.sop_instance_uid == received.sop_instance_uid)
+            )
+            on_disk = existing is not None and self.store.path(existing.path).exists()
+            if on_disk and existing is not None and existing.sha256 == written.sha256:
+                return StoreResult(StoreOutcome.DUPLICATE, received.sop_instance_uid, written.size)
+            superseded: Path | None = None
+            if on_disk and existing is not None:
+                superseded = self.store.supersede(existing.path, existing.sha256)
+            final = self.store.commit(tmp_path, relative)
+            try:
+                outcome = self._index(
+                    session, received, relative, written, existing, now, calling_ae_title, association_id
+                )
+                session.commit()
+            except BaseException:
+                session.rollback()
+                if superseded is not None:
+                    final.replace(self.store.path(existing.path if existing else relative))
+                    superseded.replace(self.store.path(existing.path if existing else relative))
+                elif existing is None:
+                    final.unlink(missing_ok=True)
+                raise
+        level = logging.WARNING if outcome is StoreOutcome.REPLACED else logging.DEBUG
+        LOG.log(
+            level,
+            "%s SOP Instance %s of study %s",
+            outcome,
+            received.sop_instance_uid,
+            received.study_instance_uid,
+        )
+        return StoreResult(outcome, received.sop_instance_uid, written.size)
+
+    def _index(
+        self,
+        session: Session,
+        received: ReceivedInstance,
+        relative: str,
+        written: StoredFile,
+        existing: Instance | None,
+        now: datetime,
+        calling_ae_title: str | None,
+        association_id: int | None,
+    ) -> StoreOutcome:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == received.study_instance_uid))
+        if study is None:
+            study = Study(
+                study_instance_uid=received.study_instance_uid,
+                first_received_at=now,
+                num_series=0,
+                num_instances=0,
+                total_bytes=0,
+                revision=0,
+                state=StudyState.RECEIVING,
+                modalities="",
+            )
+            session.add(study)
+        for key, value in received.study.items():
+            if value is not None:
+                setattr(study, key, value)
+        if calling_ae_title:
+            study.calling_ae_title = calling_ae_title
+        if study.state == StudyState.COMPLETE:
+            study.state = StudyState.UPDATED
+        study.last_received_at = now
+
+        series = session.scalar(
+            select(Series).where(Series.series_instance_uid == received.series_instance_uid)
+        )
+        if series is None:
+            series = Series(
+                series_instance_uid=received.series_instance_uid,
+                study=study,
+                first_received_at=now,
+                num_instances=0,
+                total_bytes=0,
+            )
+            session.add(series)
+            study.num_series += 1
+        elif series.study_id != study.id and study.id is not None:
+            raise InvalidIdentifierError("Series Instance UID (0020,000E) already belongs to another study")
+        for key, value in received.series.items():
+            if value is not None:
+                setattr(series, key, value)
+        series.state = SeriesState.RECEIVING
+        series.stable_at = None
+        series.last_received_at = now
+        modality = received.series.get("modality")
+        modalities = set(filter(None, study.modalities.split("\\")))
+        if modality and modality not in modalities:
+            study.modalities = "\\".join(sorted(modalities | {modality}))
+
+        if existing is None:
+            session.add(
+                Instance(
+                    series=series,
+                    sop_instance_uid=received.sop_instance_uid,
+                    sop_class_uid=received.sop_class_uid,
+                    transfer_syntax_uid=received.transfer_syntax_uid,
+                    instance_number=received.instance_number,
+                    path=relative,
+                    size=written.size,
+                    sha256=written.sha256,
+                    version=1,
+                    calling_ae_title=calling_ae_title,
+                    association_id=association_id,
+                    received_at=now,
+                )
+            )
+            series.num_instances += 1
+            series.total_bytes += written.size
+            study.num_instances += 1
+            study.total_bytes += written.size
+            return StoreOutcome.STORED
+        outcome = StoreOutcome.DUPLICATE if existing.sha256 == written.sha256 else StoreOutcome.REPLACED
+        delta = written.size - existing.size
+        series.total_bytes += delta
+        study.total_bytes += delta
+        existing.sha256 = written.sha256
+        existing.size = written.size
+        existing.path = relative
+        existing.transfer_syntax_uid = received.transfer_syntax_uid
+        existing.received_at = now
+        existing.calling_ae_title = calling_ae_title
+        existing.association_id = association_id
+        if outcome is StoreOutcome.REPLACED:
+            existing.version += 1
+        return outcome

@@ -1,0 +1,75 @@
+"""The composition root: builds the database, store, ingest and edge from ``Settings`` and runs them."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from dicom_node.assembly import CompletedStudy, assemble
+from dicom_node.config import Settings
+from dicom_node.edge.scp import EdgeServer
+from dicom_node.index.database import Database
+from dicom_node.ingest import Ingest
+from dicom_node.recovery import RecoveryReport, recover
+from dicom_node.store import InstanceStore
+
+LOG = logging.getLogger(__name__)
+ASSEMBLY_INTERVAL = 1.0
+
+CompletionHook = Callable[[list[CompletedStudy]], None]
+
+
+class Node:
+    """One running node: listener plus study assembler (and, later, the embedded worker)."""
+
+    def __init__(self, settings: Settings, on_complete: CompletionHook | None = None) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.database = Database(settings.effective_database_url)
+        self.database.upgrade()
+        self.store = InstanceStore(settings.storage_root, min_free_bytes=settings.min_free_bytes)
+        self.ingest = Ingest(self.store, self.database)
+        self.edge = EdgeServer(settings, self.ingest)
+        self.on_complete = on_complete
+        self._stop = threading.Event()
+        self._assembler: threading.Thread | None = None
+        self.address: tuple[str, int] | None = None
+
+    def start(self) -> RecoveryReport:
+        report = recover(self.ingest, self.edge.handlers.audit)
+        self.address = self.edge.start()
+        self._assembler = threading.Thread(target=self._assemble_loop, name="assembler", daemon=True)
+        self._assembler.start()
+        return report
+
+    def _assemble_loop(self) -> None:
+        while not self._stop.wait(ASSEMBLY_INTERVAL):
+            try:
+                completed = assemble(self.database, self.settings)
+                if completed and self.on_complete is not None:
+                    self.on_complete(completed)
+            except Exception:
+                LOG.exception("study assembly pass failed; retrying")
+
+    def stop(self, grace: float = 30.0) -> None:
+        self._stop.set()
+        self.edge.stop(grace)
+        if self._assembler is not None:
+            self._assembler.join(timeout=5)
+        self.database.dispose()
+
+    def run_until_signalled(self, grace: float = 30.0) -> None:
+        """Block until SIGTERM or SIGINT, then stop gracefully."""
+        stop = threading.Event()
+
+        def _signalled(signum: int, _frame: FrameType | None) -> None:
+            LOG.info("received %s: finishing in-flight stores, then exiting", signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _signalled)
+        signal.signal(signal.SIGINT, _signalled)
+        stop.wait()
+        self.stop(grace)
