@@ -1,0 +1,119 @@
+"""Generated DICOM for tests and benchmarks: CT series of any size, with valid UIDs and real geometry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+
+def ct_slice(
+    index: int,
+    *,
+    study_uid: str,
+    series_uid: str,
+    frame_uid: str,
+    rows: int = 512,
+    columns: int = 512,
+    spacing: float = 0.7,
+    thickness: float = 1.25,
+    patient_id: str = "GEN0001",
+    seed: int = 0,
+) -> Dataset:
+    """One axial CT slice; pixel values are deterministic noise plus a body-shaped disc."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(index)])
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PatientName = "Generated^Phantom"
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = "GENACC1"
+    ds.StudyID = "1"
+    ds.ReferringPhysicianName = ""
+    ds.Modality = "CT"
+    ds.BodyPartExamined = "CHEST"
+    ds.SeriesDescription = "Generated chest CT"
+    ds.SeriesNumber = 2
+    ds.InstanceNumber = index + 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.Manufacturer = "dicom-node tests"
+    ds.KVP = 120
+    ds.SliceThickness = thickness
+    ds.PixelSpacing = [spacing, spacing]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [-columns * spacing / 2, -rows * spacing / 2, -index * thickness]
+    ds.SliceLocation = -index * thickness
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "HU"
+    rng = np.random.default_rng(seed * 100003 + index)
+    yy, xx = np.mgrid[:rows, :columns]
+    body = ((yy - rows / 2) ** 2 / (rows * 0.4) ** 2 + (xx - columns / 2) ** 2 / (columns * 0.45) ** 2) < 1
+    pixels = np.where(body, 40, -1000) + rng.integers(-20, 20, size=(rows, columns))
+    ds.PixelData = pixels.astype(np.int16).tobytes()
+    return ds
+
+
+def write_ct_series(
+    folder: Path,
+    count: int,
+    *,
+    rows: int = 512,
+    columns: int = 512,
+    study_uid: str | None = None,
+    seed: int = 0,
+) -> list[Path]:
+    """Write ``count`` slices of one new series into ``folder``; returns the file paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    frame_uid = generate_uid()
+    paths = []
+    for index in range(count):
+        ds = ct_slice(index, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, rows=rows,
+                      columns=columns, seed=seed)
+        path = folder / f"CT{index:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded data set of a DICOM file, without preamble and file meta information."""
+    data = path.read_bytes()
+    if data[128:132] != b"DICM":
+        raise ValueError(f"{path} is not a DICOM Part 10 file")
+    # (0002,0000) UL is the first meta element: tag 4 + VR 2 + length 2 + value 4 bytes.
+    if data[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError(f"{path} has no File Meta Information Group Length")
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length :]
+
+
+def dataset_bytes_many(paths: Sequence[Path]) -> dict[str, bytes]:
+    """SOP Instance UID → data set bytes for each file."""
+    from pydicom import dcmread
+
+    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p) for p in paths}
