@@ -1,0 +1,48 @@
+"""Per-destination choices of how results are encoded.
+
+The default profile is plain DICOM: a BINARY SEG, one TID 1500 SR per result, no companion image.
+``OHIF_PROFILE`` lays the same findings out the way OHIF 3.13 can display them (see docs/reports.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import highdicom as hd
+
+
+class CompanionType(StrEnum):
+    """A human-readable companion object for viewers that do not render SR."""
+
+    NONE = "none"
+    SECONDARY_CAPTURE = "secondary-capture"
+
+
+@dataclass(frozen=True)
+class ReportProfile:
+    """How to encode results for one destination.
+
+    ``seg_type``: BINARY (read by most viewers) or LABELMAP (RLE-compressed, far smaller).
+    ``companion``: add a secondary capture with the findings drawn, for viewers without SR support.
+    ``ohif_compatible``: split and lay out SRs so that OHIF 3.13 displays every one of them.
+    """
+
+    seg_type: hd.seg.SegmentationTypeValues = hd.seg.SegmentationTypeValues.BINARY
+    companion: CompanionType = CompanionType.NONE
+    ohif_compatible: bool = False
+
+    def __post_init__(self) -> None:
+        # Accept strings at this outer API and turn them into the enums at once.
+        object.__setattr__(self, "seg_type", hd.seg.SegmentationTypeValues(self.seg_type))
+        object.__setattr__(self, "companion", CompanionType(self.companion))
+        if self.seg_type not in (
+            hd.seg.SegmentationTypeValues.BINARY,
+            hd.seg.SegmentationTypeValues.LABELMAP,
+        ):
+            raise ValueError(f'Argument "seg_type" must be BINARY or LABELMAP, got {self.seg_type.value}.')
+
+
+DEFAULT_PROFILE = ReportProfile()
+OHIF_PROFILE = ReportProfile(ohif_compatible=True)
+LABELMAP_PROFILE = ReportProfile(seg_type=hd.seg.SegmentationTypeValues.LABELMAP)

@@ -1,0 +1,199 @@
+"""Reading our SR and SEG objects back into plain values, with highdicom.
+
+The inverse of the writers, for round-trip tests and for anyone auditing what a destination received:
+it reads only what the writers put there (the layouts in docs/reports.md), not arbitrary TID 1500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+import pydicom
+
+from . import codes as c
+from .seg import label_value_from_tracking_id
+
+Group = (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
+
+
+@dataclass(frozen=True)
+class ReadFinding:
+    """One classification group read back."""
+
+    label: str
+    probability: float
+    threshold: float
+    positive: bool
+    source_sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class ReadNodule:
+    """One nodule group read back; ``center_pixel`` is 0-based with pixel centres at integers."""
+
+    source_sop_instance_uid: str
+    center_pixel: tuple[float, float]
+    long_axis_mm: float
+    volume_mm3: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class ReadVolume:
+    """One vertebra (label) group read back."""
+
+    label_value: int | None
+    finding_type: hd.sr.CodedConcept
+    volume_mm3: float
+    mean_attenuation_hu: float | None
+    segment_number: int | None
+    segmentation_sop_instance_uid: str | None
+
+
+def _report(sr: pydicom.Dataset) -> hd.sr.Comprehensive3DSR:
+    return hd.sr.Comprehensive3DSR.from_dataset(sr)
+
+
+def _content(report: hd.sr.Comprehensive3DSR) -> hd.sr.MeasurementReport:
+    # highdicom parses the content tree of a TID 1500 document as a MeasurementReport.
+    return cast(hd.sr.MeasurementReport, report.content)
+
+
+def _finding_type(group: Group) -> hd.sr.CodedConcept:
+    code = group.finding_type
+    if code is None:
+        raise ValueError("A measurement group of ours always has a finding type; this one has none.")
+    return code
+
+
+def _value(group: Group, name: hd.sr.CodedConcept) -> float:
+    found = group.get_measurements(name=name)
+    if len(found) != 1:
+        raise ValueError(f"Expected one {name.meaning} measurement, found {len(found)}.")
+    return float(found[0].value)
+
+
+def _groups(sr: pydicom.Dataset) -> list[Group]:
+    report = _content(_report(sr))
+    return [
+        *report.get_image_measurement_groups(),
+        *report.get_planar_roi_measurement_groups(),
+        *report.get_volumetric_roi_measurement_groups(),
+    ]
+
+
+def read_classification(sr: pydicom.Dataset) -> list[ReadFinding]:
+    """The classification findings of an SR (either layout), in document order."""
+    out = []
+    report = _report(sr)
+    for group in _groups(sr):
+        code = _finding_type(group)
+        evaluations = group.get_qualitative_evaluations(name=code)
+        positive = evaluations[0].value == c.PRESENT
+        out.append(
+            ReadFinding(
+                label=c.code_to_classification_label(code),
+                probability=_value(group, c.PROBABILITY),
+                threshold=_value(group, c.THRESHOLD_VALUE),
+                positive=positive,
+                source_sop_instance_uid=_group_source(report, group),
+            )
+        )
+    return out
+
+
+def _group_source(report: hd.sr.Comprehensive3DSR, group: object) -> str:
+    roi = getattr(group, "roi", None)
+    if roi is not None:
+        return str(roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+    for item in group[0].ContentSequence:  # type: ignore[index]
+        if item.ValueType == "IMAGE":
+            return str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+    raise ValueError("The group names no source image.")
+
+
+def read_nodules(sr: pydicom.Dataset) -> list[ReadNodule]:
+    out = []
+    report = _report(sr)
+    for group in _content(report).get_planar_roi_measurement_groups():
+        if group.roi is None:
+            raise ValueError("A nodule group of ours always has an image region; this one has none.")
+        data = np.asarray(group.roi.value, dtype=float)  # the rectangle, SCOORD coordinates
+        centre = (data[:4].min(axis=0) + data[:4].max(axis=0)) / 2 - 0.5
+        out.append(
+            ReadNodule(
+                source_sop_instance_uid=_group_source(report, group),
+                center_pixel=(float(centre[0]), float(centre[1])),
+                long_axis_mm=_value(group, c.LONG_AXIS),
+                volume_mm3=_value(group, c.VOLUME),
+                confidence=_value(group, c.CERTAINTY_OF_FINDING),
+            )
+        )
+    return out
+
+
+def read_volumes(sr: pydicom.Dataset) -> list[ReadVolume]:
+    out = []
+    for group in _groups(sr):
+        identifier = str(group.tracking_identifier)
+        try:
+            value: int | None = label_value_from_tracking_id(identifier)
+        except ValueError:
+            value = None
+        means = group.get_measurements(name=c.MEAN_ATTENUATION)
+        segment = getattr(group, "referenced_segment", None)
+        out.append(
+            ReadVolume(
+                label_value=value,
+                finding_type=_finding_type(group),
+                volume_mm3=_value(group, c.VOLUME),
+                mean_attenuation_hu=float(means[0].value) if means else None,
+                segment_number=int(segment[0].ReferencedSOPSequence[0].ReferencedSegmentNumber)
+                if segment is not None
+                else None,
+                segmentation_sop_instance_uid=str(
+                    segment[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                )
+                if segment is not None
+                else None,
+            )
+        )
+    return out
+
+
+def read_label_map(
+    seg: pydicom.Dataset, source_sop_instance_uids: Sequence[str]
+) -> tuple[npt.NDArray[np.uint16], dict[int, str]]:
+    """The label map on the given source instances (plane i on uid i), and the label names by value.
+
+    Frames the SEG left out because they were empty read as background.
+    """
+    segmentation = hd.seg.Segmentation.from_dataset(seg)
+    to_value: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for description in segmentation.SegmentSequence:
+        number = int(description.SegmentNumber)
+        if number == 0:
+            continue
+        value = label_value_from_tracking_id(str(description.TrackingID))
+        to_value[number] = value
+        names[value] = str(description.SegmentLabel)
+    numbers = segmentation.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(source_sop_instance_uids),
+        combine_segments=True,
+        assert_missing_frames_are_empty=True,
+        dtype=np.uint16,
+    )
+    lut = np.zeros(max(to_value, default=0) + 1, dtype=np.uint16)
+    for number, value in to_value.items():
+        lut[number] = value
+    return lut[numbers], names
