@@ -33,7 +33,7 @@ def _grey(ds: pydicom.Dataset) -> npt.NDArray[np.uint8]:
         pixels = pixels @ np.array([0.299, 0.587, 0.114])
     if ds.get("Modality") == "CT":
         hu = pixels * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
-        low, high = 40 - 200, 40 + 200
+        low, high = 40.0 - 200.0, 40.0 + 200.0  # soft-tissue window: level 40 HU, width 400 HU
         scaled = (np.clip(hu, low, high) - low) / (high - low)
     else:
         low, high = float(pixels.min()), float(pixels.max())
@@ -50,7 +50,8 @@ def _lines_and_boxes(
     if isinstance(result, ClassificationResult):
         image = index.get(result.source)
         lines = [
-            f"{f.label}: {f.probability:.2f} ({'POSITIVE' if f.positive else 'negative'} at {f.threshold:.2f})"
+            f"{f.label}: {f.probability:.2f} "
+            f"({'POSITIVE' if f.positive else 'negative'} at {f.threshold:.2f})"
             for f in sorted(result.findings, key=lambda f: -f.probability)
         ]
         return image, lines, []
@@ -115,14 +116,17 @@ def write_companion(
     scale = min(1.0, MAX_SIDE / max(grey.size))
     if scale < 1.0:
         grey = grey.resize((round(grey.width * scale), round(grey.height * scale)))
-    font = ImageFont.load_default(size=max(12, grey.width // 48))
-    line_height = int(font.size * 1.3)
+    font_size = max(12, grey.width // 48)
+    font = ImageFont.load_default(size=font_size)
+    line_height = int(font_size * 1.3)
     header = [f"{result.model.name} {result.model.version}", *lines, DISCLAIMER]
     canvas = Image.new("RGB", (grey.width, grey.height + line_height * (len(header) + 1)), "black")
     canvas.paste(grey, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for x0, y0, x1, y1 in boxes:
-        draw.rectangle([x0 * scale - 3, y0 * scale - 3, x1 * scale + 3, y1 * scale + 3], outline="yellow", width=2)
+        draw.rectangle(
+            [x0 * scale - 3, y0 * scale - 3, x1 * scale + 3, y1 * scale + 3], outline="yellow", width=2
+        )
     for i, line in enumerate(header):
         draw.text((8, grey.height + line_height // 2 + i * line_height), line, fill="white", font=font)
     pixels = np.asarray(canvas, dtype=np.uint8)
@@ -146,9 +150,7 @@ def write_companion(
     )
     sc.BurnedInAnnotation = "YES"
     if "Laterality" not in sc:
-        sc.Laterality = None  # Type 2C (paired body parts): present and empty, laterality is unknown here
+        sc.Laterality = ""  # Type 2C (paired body parts): present and empty, laterality is unknown here
     sc.ImageType = ["DERIVED", "SECONDARY"]
     copy_study_attributes(sc, index.first)
     return sc
-
-

@@ -125,6 +125,8 @@ def read_nodules(sr: pydicom.Dataset) -> list[ReadNodule]:
     out = []
     report = _report(sr)
     for group in _content(report).get_planar_roi_measurement_groups():
+        if not group.get_measurements(name=c.LONG_AXIS):
+            continue  # the "Nodule: Absent" group of a series without detections
         if group.roi is None:
             raise ValueError("A nodule group of ours always has an image region; this one has none.")
         data = np.asarray(group.roi.value, dtype=float)  # the rectangle, SCOORD coordinates
@@ -144,6 +146,8 @@ def read_nodules(sr: pydicom.Dataset) -> list[ReadNodule]:
 def read_volumes(sr: pydicom.Dataset) -> list[ReadVolume]:
     out = []
     for group in _groups(sr):
+        if not group.get_measurements(name=c.VOLUME):
+            continue  # the "Vertebra: Absent" group of a label map without foreground
         identifier = str(group.tracking_identifier)
         try:
             value: int | None = label_value_from_tracking_id(identifier)

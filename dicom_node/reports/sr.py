@@ -40,6 +40,12 @@ from .seg import label_value_from_tracking_id, present_labels
 from .sources import SliceGeometry, SourceIndex, copy_study_attributes
 from .uids import ResultKind, derive_uid, result_identity
 
+Group = (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
+
 # A whole-image region is drawn this fraction of the image inside the border, so that viewers show it.
 WHOLE_IMAGE_INSET = 0.02
 
@@ -123,14 +129,9 @@ def _nest_under_first_num(
 
 def _classification_groups(
     result: ClassificationResult, index: SourceIndex, profile: ReportProfile, sop_uid: str
-) -> tuple[
-    list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
-    list[pydicom.Dataset],
-]:
+) -> tuple[list[Group], list[pydicom.Dataset]]:
     image = index.get(result.source)
-    groups: list[
-        hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-    ] = []
+    groups: list[Group] = []
     for finding in result.findings:
         code = c.classification_code(finding.label)
         evaluation = hd.sr.QualitativeEvaluation(name=code, value=c.PRESENT if finding.positive else c.ABSENT)
@@ -173,8 +174,8 @@ def _classification_groups(
 
 def _nodule_groups(
     result: NoduleDetectionResult, index: SourceIndex, profile: ReportProfile, sop_uid: str
-) -> tuple[list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations], list[pydicom.Dataset]]:
-    groups = []
+) -> tuple[list[Group], list[pydicom.Dataset]]:
+    groups: list[Group] = []
     evidence = {ref.sop_instance_uid: index.get(ref) for ref in result.source_images}
     for number, nodule in enumerate(result.nodules, start=1):
         image = index.get(nodule.source_slice)
@@ -206,7 +207,51 @@ def _nodule_groups(
         if profile.ohif_compatible:
             _nest_under_first_num(group, coords)
         groups.append(group)
+    if not groups:
+        images = [index.get(ref) for ref in result.source_images]
+        groups.append(_nothing_found_group(result.model, images, c.NODULE, c.LUNG, profile, sop_uid))
     return groups, list(evidence.values())
+
+
+def _nothing_found_group(
+    model: ModelInfo,
+    images: list[pydicom.Dataset],
+    finding: hd.sr.CodedConcept,
+    site: hd.sr.CodedConcept | None,
+    profile: ReportProfile,
+    sop_uid: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """An "<finding>: Absent" group for a series analysed with no result (TID 1500 needs one group).
+
+    Standard layout: an image-level group on the series' images. OHIF layout: the same evaluation on
+    the middle slice's whole image, because OHIF cannot draw a group without an image region.
+    """
+    evaluation = hd.sr.QualitativeEvaluation(name=finding, value=c.ABSENT)
+    tracking = _tracking(sop_uid, f"no {finding.meaning}".lower())
+    sites = [hd.sr.FindingSite(anatomic_location=site)] if site is not None else None
+    if profile.ohif_compatible:
+        image = images[len(images) // 2]
+        rows, cols = int(image.Rows), int(image.Columns)
+        rect = _rectangle(
+            cols / 2, rows / 2, cols * (0.5 - WHOLE_IMAGE_INSET), rows * (0.5 - WHOLE_IMAGE_INSET)
+        )
+        region, _ = _region(rect, image)
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=region,
+            finding_type=finding,
+            finding_sites=sites,
+            algorithm_id=_algorithm(model),
+            qualitative_evaluations=[evaluation],
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        finding_type=finding,
+        finding_sites=sites,
+        algorithm_id=_algorithm(model),
+        qualitative_evaluations=[evaluation],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in images],
+    )
 
 
 def _segmentation_groups(
@@ -215,19 +260,10 @@ def _segmentation_groups(
     profile: ReportProfile,
     sop_uid: str,
     segmentation: hd.seg.Segmentation | None,
-) -> tuple[
-    list[
-        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-    ],
-    list[pydicom.Dataset],
-]:
+) -> tuple[list[Group], list[pydicom.Dataset]]:
     planes = [index.get(ref) for ref in result.source_images]
     labels = {label.value: label for label in present_labels(result)}
-    groups: list[
-        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-    ] = []
+    groups: list[Group] = []
     evidence: list[pydicom.Dataset] = list(planes)
     if profile.ohif_compatible:
         # A planar ROI per label on the slice where it is largest: its bounding box there, carrying the
@@ -253,6 +289,11 @@ def _segmentation_groups(
             )
             _nest_under_first_num(group, coords)
             groups.append(group)
+        if not groups:
+            groups.append(_nothing_found_group(result.model, planes, c.VERTEBRA, None, profile, sop_uid))
+        return groups, evidence
+    if not labels:
+        groups.append(_nothing_found_group(result.model, planes, c.VERTEBRA, None, profile, sop_uid))
         return groups, evidence
     if segmentation is None:
         raise ValueError("A report of a segmentation needs the SEG it refers to (argument segmentation).")
@@ -333,7 +374,7 @@ def write_measurement_report(
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result.model),
         procedure_reported=procedure,
-        imaging_measurements=list(groups) or None,
+        imaging_measurements=list(groups),
     )
     layout = "SR for OHIF" if profile.ohif_compatible else "SR"
     sr = hd.sr.Comprehensive3DSR(

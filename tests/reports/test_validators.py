@@ -23,7 +23,12 @@ from .data import ct_series, cxr
 from .tools import dciodvfy_errors, run_dcmtk
 
 WITH_COMPANION = ReportProfile(companion=CompanionType.SECONDARY_CAPTURE)
-PROFILES = {"default": DEFAULT_PROFILE, "labelmap": LABELMAP_PROFILE, "ohif": OHIF_PROFILE, "sc": WITH_COMPANION}
+PROFILES = {
+    "default": DEFAULT_PROFILE,
+    "labelmap": LABELMAP_PROFILE,
+    "ohif": OHIF_PROFILE,
+    "sc": WITH_COMPANION,
+}
 
 
 def _cases() -> list[tuple[str, Findings, list[pydicom.Dataset]]]:
@@ -72,4 +77,6 @@ def test_dcmtk_renders_every_sr(written: list[tuple[str, Path, pydicom.Dataset]]
             run = run_dcmtk(tool, path, references_labelmap="/labelmap/" in key)
             assert run.returncode == 0, f"{tool} failed on {key}:\n{run.stdout}\n{run.stderr}"
             assert "E:" not in run.stderr, f"{tool} complained about {key}:\n{run.stderr}"
-            assert "Measurement Group" in run.stdout or "Imaging Measurements" in run.stdout, run.stdout[:2000]
+            assert "Measurement Group" in run.stdout or "Imaging Measurements" in run.stdout, run.stdout[
+                :2000
+            ]

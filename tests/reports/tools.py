@@ -42,7 +42,9 @@ def dciodvfy_errors(path: Path, *, labelmap: bool = False) -> tuple[list[str], s
     return errors, output
 
 
-def run_dcmtk(tool: str, path: Path, *, references_labelmap: bool = False) -> subprocess.CompletedProcess[str]:
+def run_dcmtk(
+    tool: str, path: Path, *, references_labelmap: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run dsrdump/dsr2html. DCMTK 3.6.7 does not know the Label Map Segmentation SOP Class either and
     rejects an IMAGE item that references one as an invalid value; ``-Ev`` accepts it (with a warning)
     for SRs that reference a LABELMAP SEG, and only for those."""
