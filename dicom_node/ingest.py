@@ -20,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -44,6 +45,21 @@ class StoreOutcome(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"
     REPLACED = "replaced"
+
+
+def _raw_uid(ds: Dataset, keyword: str) -> str | None:
+    """A UI value exactly as received, without pydicom's conversion (which warns on bad values and
+    would let a warnings filter decide the DICOM status); validation is ``validate_uid``'s job."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return None
+    element = ds.get_item(tag)
+    value = element.value if element is not None else None
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("ascii", errors="replace")
+    return str(value)
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
@@ -111,10 +127,10 @@ def describe_instance(
     data set cannot be parsed (a truncated or corrupt stream).
     """
     try:
-        study_uid = validate_uid(ds.get("StudyInstanceUID"), "Study Instance UID (0020,000D)")
-        series_uid = validate_uid(ds.get("SeriesInstanceUID"), "Series Instance UID (0020,000E)")
-        sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOP Instance UID (0008,0018)")
-        sop_class = validate_uid(ds.get("SOPClassUID"), "SOP Class UID (0008,0016)")
+        study_uid = validate_uid(_raw_uid(ds, "StudyInstanceUID"), "Study Instance UID (0020,000D)")
+        series_uid = validate_uid(_raw_uid(ds, "SeriesInstanceUID"), "Series Instance UID (0020,000E)")
+        sop_uid = validate_uid(_raw_uid(ds, "SOPInstanceUID"), "SOP Instance UID (0008,0018)")
+        sop_class = validate_uid(_raw_uid(ds, "SOPClassUID"), "SOP Class UID (0008,0016)")
         if requested_sop_instance_uid and requested_sop_instance_uid.rstrip("\x00 ") != sop_uid:
             raise InvalidIdentifierError(
                 "SOP Instance UID (0008,0018) in the data set differs from Affected SOP Instance UID"

@@ -18,7 +18,9 @@ from dicom_node.config import Settings
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DICOM_NODE_SHARED", REPO.parent / "shared")).resolve()
 SHARED_DATA = SHARED / "data"
-POSTGRES_ADMIN_URL = os.environ.get("DICOM_NODE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "DICOM_NODE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
 def ct_slice(
@@ -92,8 +92,15 @@ def write_ct_series(
     frame_uid = generate_uid()
     paths = []
     for index in range(count):
-        ds = ct_slice(index, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, rows=rows,
-                      columns=columns, seed=seed)
+        ds = ct_slice(
+            index,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            frame_uid=frame_uid,
+            rows=rows,
+            columns=columns,
+            seed=seed,
+        )
         path = folder / f"CT{index:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

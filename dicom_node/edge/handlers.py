@@ -23,6 +23,7 @@ from dicom_node.edge.audit import AuditTrail
 from dicom_node.errors import IngestError, UnreadableDatasetError
 from dicom_node.index.models import AssociationOutcome
 from dicom_node.ingest import Ingest, describe_instance
+from dicom_node.integrity import check_complete
 
 LOG = logging.getLogger(__name__)
 
@@ -105,7 +106,6 @@ class EdgeHandlers:
             return
         (result, source, reason), text = refusal
         LOG.warning("refused association from %s@%s:%d: %s", calling, address, port, text)
-        assoc.acse.send_reject(result, source, reason)
         self.audit.opened(
             calling_ae=calling,
             called_ae=called,
@@ -115,6 +115,10 @@ class EdgeHandlers:
             outcome=AssociationOutcome.REJECTED,
             reason=text,
         )
+        assoc.acse.send_reject(result, source, reason)
+        # As pynetdicom's own rejection does: wait for the DUL to send the A-ASSOCIATE-RJ and reach
+        # Sta1 before the association thread closes the socket.
+        assoc.kill()
 
     def handle_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -165,6 +169,10 @@ class EdgeHandlers:
         record_id = self._records.get(event.assoc)
         request = event.request
         try:
+            syntax = event.context.transfer_syntax
+            if syntax.is_little_endian and not syntax.is_deflated:
+                with event.request.DataSet.getbuffer() as raw:  # type: ignore[union-attr]
+                    check_complete(raw, implicit_vr=syntax.is_implicit_VR)
             try:
                 ds = event.dataset
             except Exception as error:  # truncated or corrupt stream

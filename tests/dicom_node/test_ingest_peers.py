@@ -24,7 +24,10 @@ def storescu(port: int, *args: str, ae_title: str = "DICOMNODE") -> subprocess.C
     *options, files = args
     return subprocess.run(
         [require_tool("storescu"), "-aec", ae_title, *options, "127.0.0.1", str(port), files],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -48,14 +51,21 @@ def assert_stored_identical(node, sources: list[Path]) -> None:
             assert len(rows) == 1, f"{uid} indexed {len(rows)} times"
             stored = node.store.path(rows[0].path)
             assert dataset_bytes(stored) == dataset_bytes(source), f"{uid} differs from what was sent"
-            assert rows[0].transfer_syntax_uid == str(dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+            assert rows[0].transfer_syntax_uid == str(
+                dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID
+            )
 
 
 def test_dcmtk_echo(make_settings, run_node):
     node = run_node(make_settings())
     port = node.address[1]
-    result = subprocess.run([require_tool("echoscu"), "-aec", "DICOMNODE", "127.0.0.1", str(port)],
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [require_tool("echoscu"), "-aec", "DICOMNODE", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -152,8 +162,19 @@ def test_concurrent_associations(make_settings, run_node, tmp_path):
         write_ct_series(folder, 40, rows=64, columns=64, seed=n)
         folders.append(folder)
     procs = [
-        subprocess.Popen([require_tool("storescu"), "-aec", "DICOMNODE", "+sd", "127.0.0.1",
-                          str(node.address[1]), str(folder)], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                require_tool("storescu"),
+                "-aec",
+                "DICOMNODE",
+                "+sd",
+                "127.0.0.1",
+                str(node.address[1]),
+                str(folder),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for folder in folders
     ]
     for proc in procs:
