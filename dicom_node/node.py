@@ -6,13 +6,16 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from dicom_node.assembly import CompletedStudy, assemble
 from dicom_node.config import Settings
 from dicom_node.edge.scp import EdgeServer
+from dicom_node.embedded import WorkerSupervisor
 from dicom_node.index.database import Database
 from dicom_node.ingest import Ingest
+from dicom_node.reconciler import ReconcilerThread
 from dicom_node.recovery import RecoveryReport, recover
 from dicom_node.store import InstanceStore
 
@@ -23,9 +26,23 @@ CompletionHook = Callable[[list[CompletedStudy]], None]
 
 
 class Node:
-    """One running node: listener plus study assembler (and, later, the embedded worker)."""
+    """One running node: listener, study assembler and, with ``run_jobs``, the job reconciler.
 
-    def __init__(self, settings: Settings, on_complete: CompletionHook | None = None) -> None:
+    With ``run_jobs`` a completed study wakes the reconciler, which routes it and enqueues its jobs by
+    task name (``dicom_node.tasks``; no pipeline code is imported here). ``embedded_worker`` also starts
+    and supervises a worker subprocess on the same broker; ``metrics_port`` serves Prometheus metrics.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_complete: CompletionHook | None = None,
+        *,
+        run_jobs: bool = False,
+        embedded_worker: bool = False,
+        config_file: Path | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.database = Database(settings.effective_database_url)
@@ -37,10 +54,28 @@ class Node:
         self._stop = threading.Event()
         self._assembler: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
+        self.reconciler: ReconcilerThread | None = None
+        self.supervisor: WorkerSupervisor | None = None
+        self.metrics_port = metrics_port
+        if run_jobs:
+            from dicom_node.tasks import TaskQueue, create_app
+
+            self.app = create_app(settings)
+            self.reconciler = ReconcilerThread(self.database, settings, TaskQueue(self.app))
+        if embedded_worker:
+            self.supervisor = WorkerSupervisor(settings, config_file)
 
     def start(self) -> RecoveryReport:
         report = recover(self.ingest, self.edge.handlers.audit)
         self.address = self.edge.start()
+        if self.reconciler is not None:
+            self.reconciler.start()
+        if self.supervisor is not None:
+            self.supervisor.start()
+        if self.metrics_port is not None:
+            from dicom_node.metrics import serve_metrics
+
+            serve_metrics(self.settings, self.database, self.metrics_port)
         self._assembler = threading.Thread(target=self._assemble_loop, name="assembler", daemon=True)
         self._assembler.start()
         return report
@@ -49,6 +84,8 @@ class Node:
         while not self._stop.wait(ASSEMBLY_INTERVAL):
             try:
                 completed = assemble(self.database, self.settings)
+                if completed and self.reconciler is not None:
+                    self.reconciler.wake()
                 if completed and self.on_complete is not None:
                     self.on_complete(completed)
             except Exception:
@@ -57,6 +94,10 @@ class Node:
     def stop(self, grace: float = 30.0) -> None:
         self._stop.set()
         self.edge.stop(grace)
+        if self.supervisor is not None:
+            self.supervisor.stop(grace)
+        if self.reconciler is not None:
+            self.reconciler.stop()
         if self._assembler is not None:
             self._assembler.join(timeout=5)
         self.database.dispose()

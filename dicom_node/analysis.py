@@ -1,0 +1,378 @@
+"""One analysis job's work: claim the row, load the chosen series, run the pipeline, store the results.
+
+Stages, each a plain call: claim (a conditional UPDATE that fences other workers) → load the series'
+files from the store → ``Pipeline.run(paths)`` → write SR/SEG datasets (``dicom_node.reports``, once per
+destination profile) → store and index them with ``Ingest`` → finish the job and create one delivery per
+destination, in one transaction that only the current claim holder can commit.
+
+Outcomes: ``succeeded``; ``skipped`` when the pipeline's model is not installed (never analysed with
+random weights); ``failed`` with the reason for a refused input or any other permanent error (re-raised
+so the worker logs it). A transient error (the database went away) puts the job back to ``queued`` and
+lets Celery retry with backoff. A lease heartbeat runs while the pipeline does, so a worker that dies
+is noticed by the reconciler within ``running_lease`` seconds.
+
+Pipelines are looked up in a ``PipelineRegistry``: the real ``pipelines.registry.get_pipeline`` by
+default, plus whatever the modules named in ``[jobs] plugins`` register (tests add a fixed-cost
+pipeline and a minimal writer this way, in the worker process).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+
+from dicom_node.errors import DicomNodeError
+from dicom_node.index.models import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    utcnow,
+)
+from dicom_node.ingest import describe_instance
+
+if TYPE_CHECKING:
+    from dicom_node.config import Destination, Settings
+    from dicom_node.tasks import WorkerContext
+
+LOG = logging.getLogger(__name__)
+
+
+class TransientJobError(DicomNodeError):
+    """A job failed in a way that may succeed on retry (database or storage briefly unavailable)."""
+
+
+class PipelineUnavailableError(DicomNodeError):
+    """No pipeline of that name exists here, or its model is not installed; the job is skipped."""
+
+
+class Pipeline(Protocol):
+    """What the node needs of a pipeline (``pipelines/``): a name and ``run(paths) -> Findings``."""
+
+    def run(self, paths: Sequence[Path]) -> Any: ...
+
+
+ResultWriter = Callable[[Any, Sequence[Dataset], str], list[Dataset]]
+"""findings, source datasets, destination profile name → result datasets (SR, SEG, …)."""
+
+
+def write_with_reports(findings: Any, sources: Sequence[Dataset], profile: str) -> list[Dataset]:
+    """The real writers: ``dicom_node.reports.write_results`` with the named ``ReportProfile``."""
+    from dicom_node import reports
+    from dicom_node.reports import profile as profiles
+
+    chosen = getattr(profiles, f"{profile.upper().replace('-', '_')}_PROFILE", profiles.DEFAULT_PROFILE)
+    write_results: Callable[..., list[Dataset]] = reports.write_results
+    return list(write_results(findings, sources, chosen))
+
+
+@dataclass
+class PipelineRegistry:
+    """Pipelines by name: registered factories first, then ``pipelines.registry.get_pipeline``."""
+
+    factories: dict[str, Callable[[], Pipeline]] = field(default_factory=dict)
+    writers: dict[str, ResultWriter] = field(default_factory=dict)
+
+    def register(
+        self, name: str, factory: Callable[[], Pipeline], writer: ResultWriter | None = None
+    ) -> None:
+        self.factories[name] = factory
+        if writer is not None:
+            self.writers[name] = writer
+
+    def load_plugins(self, modules: Sequence[str]) -> None:
+        """Import each module and call its ``register_pipelines(registry)``."""
+        for name in modules:
+            importlib.import_module(name).register_pipelines(self)
+
+    def pipeline(self, name: str, models_dir: Path) -> Pipeline:
+        if name in self.factories:
+            return self.factories[name]()
+        try:
+            from pipelines.errors import PipelineNotInstalledError
+            from pipelines.registry import get_pipeline
+        except ImportError as error:
+            raise PipelineUnavailableError(f"pipeline {name!r} is not available here: {error}") from None
+        try:
+            pipeline: Pipeline = get_pipeline(name, models_dir)
+        except PipelineNotInstalledError as error:
+            raise PipelineUnavailableError(str(error)) from None
+        except ValueError as error:
+            raise PipelineUnavailableError(f"no pipeline named {name!r}: {error}") from None
+        return pipeline
+
+    def writer(self, name: str) -> ResultWriter:
+        return self.writers.get(name, write_with_reports)
+
+
+class JobOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    NOT_CLAIMED = "not-claimed"
+
+
+def worker_name() -> str:
+    import os
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def destinations_for(
+    settings: Settings, calling_ae_title: str | None, send_to_caller: bool
+) -> list[Destination]:
+    """The configured destinations, plus the calling AE's entry first when asked and it is configured."""
+    chosen = list(settings.destinations)
+    if send_to_caller and calling_ae_title:
+        caller = [d for d in chosen if d.ae_title == calling_ae_title.strip()]
+        chosen = caller + [d for d in chosen if d not in caller]
+    return chosen
+
+
+class _LeaseHeartbeat:
+    """Extends a running job's lease every third of its length while the pipeline works."""
+
+    def __init__(self, context: WorkerContext, job_id: int, token: str) -> None:
+        self.context = context
+        self.job_id = job_id
+        self.token = token
+        self.lease = context.jobs.running_lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> _LeaseHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                with self.context.database.session() as session:
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == self.job_id, Job.claim_token == self.token)
+                        .values(lease_expires_at=utcnow() + timedelta(seconds=self.lease))
+                    )
+            except Exception:
+                LOG.warning("job %d: could not renew the lease", self.job_id, exc_info=True)
+
+
+def claim_job(context: WorkerContext, job_id: int) -> str | None:
+    """Take the job if it is queued (or running under a lapsed lease); return the claim token."""
+    token = uuid.uuid4().hex
+    now = utcnow()
+    with context.database.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                (Job.state == JobState.QUEUED)
+                | ((Job.state == JobState.RUNNING) & (Job.lease_expires_at < now)),
+            )
+            .values(
+                state=JobState.RUNNING,
+                attempts=Job.attempts + 1,
+                worker_host=worker_name(),
+                claim_token=token,
+                started_at=now,
+                finished_at=None,
+                lease_expires_at=now + timedelta(seconds=context.jobs.running_lease),
+            )
+        )
+        return token if getattr(result, "rowcount", 0) else None
+
+
+def _finish(context: WorkerContext, job_id: int, token: str, state: JobState, error: str | None) -> bool:
+    with context.database.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.claim_token == token)
+            .values(state=state, error=error, finished_at=utcnow(), lease_expires_at=None)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+def _source_paths(context: WorkerContext, job: Job) -> list[Path]:
+    with context.database.sessions() as session:
+        instances = session.scalars(
+            select(Instance)
+            .where(Instance.series_id == job.series_id)
+            .order_by(Instance.instance_number, Instance.id)
+        ).all()
+        return [context.store.path(i.path) for i in instances]
+
+
+def encode(ds: Dataset) -> bytes:
+    """A complete DICOM file (preamble, meta, data set) as bytes, the way the edge stores received ones."""
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def store_results(
+    context: WorkerContext, job: Job, profile: str, datasets: Sequence[Dataset]
+) -> list[Result]:
+    """Store and index each result dataset (idempotently: same UIDs on a re-run) and list them."""
+    results: list[Result] = []
+    for ds in datasets:
+        data = encode(ds)
+        received = describe_instance(ds, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID))
+        context.ingest.store_encoded(received, data, calling_ae_title=context.settings.ae_title)
+        results.append(
+            Result(
+                job_id=job.id,
+                profile=profile,
+                sop_instance_uid=received.sop_instance_uid,
+                sop_class_uid=received.sop_class_uid,
+                series_instance_uid=received.series_instance_uid,
+                path=context.store.relative_path(
+                    received.study_instance_uid, received.series_instance_uid, received.sop_instance_uid
+                ),
+            )
+        )
+    return results
+
+
+def _complete(
+    context: WorkerContext, job_id: int, token: str, model_version: str | None, results: Sequence[Result]
+) -> list[int] | None:
+    """Record results and deliveries and mark the job succeeded, only if ``token`` still holds it."""
+    with context.database.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.claim_token != token:
+            return None
+        known = {(r.profile, r.sop_instance_uid) for r in job.results}
+        for result in results:
+            if (result.profile, result.sop_instance_uid) not in known:
+                session.add(result)
+        existing = {d.destination for d in job.deliveries}
+        created: list[Delivery] = []
+        for destination in destinations_for(
+            context.settings, job.study.calling_ae_title, context.jobs.send_to_caller
+        ):
+            if destination.name in existing:
+                continue
+            delivery = Delivery(
+                job_id=job.id,
+                destination=destination.name,
+                ae_title=destination.ae_title,
+                host=destination.host,
+                port=destination.port,
+                profile=destination.profile,
+                state=DeliveryState.PENDING,
+                attempts=0,
+                failures=0,
+                lease_expires_at=utcnow() + timedelta(seconds=context.jobs.queued_lease),
+            )
+            session.add(delivery)
+            created.append(delivery)
+        job.state = JobState.SUCCEEDED
+        job.model_version = model_version or job.model_version
+        job.finished_at = utcnow()
+        job.lease_expires_at = None
+        job.error = None
+        session.flush()
+        return [d.id for d in created]
+
+
+def _model_version(pipeline: Pipeline, findings: Any) -> str | None:
+    model = getattr(findings, "model", None)
+    version = getattr(model, "version", None) or getattr(pipeline, "model_version", None)
+    return str(version) if version else None
+
+
+def run_job(context: WorkerContext, job_id: int) -> JobOutcome:
+    """Run job ``job_id`` to its end state (see the module docstring)."""
+    token = claim_job(context, job_id)
+    if token is None:
+        LOG.info("job %d: nothing to do (finished, or another worker holds it)", job_id)
+        return JobOutcome.NOT_CLAIMED
+    with context.database.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        pipeline_name = job.pipeline
+        study_uid = job.study.study_instance_uid
+        attempts = job.attempts
+    if attempts > context.jobs.max_attempts:
+        _finish(context, job_id, token, JobState.FAILED, f"gave up after {attempts - 1} attempts")
+        return JobOutcome.FAILED
+    LOG.info("job %d: %s on study %s (attempt %d)", job_id, pipeline_name, study_uid, attempts)
+    try:
+        with _LeaseHeartbeat(context, job_id, token):
+            delivery_ids = _analyse(context, job, token)
+    except PipelineUnavailableError as error:
+        _finish(context, job_id, token, JobState.SKIPPED, str(error))
+        LOG.warning("job %d skipped: %s", job_id, error)
+        return JobOutcome.SKIPPED
+    except (OperationalError, TransientJobError) as error:
+        with context.database.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.claim_token == token)
+                .values(state=JobState.QUEUED, error=f"transient: {error}", claim_token=None)
+            )
+        raise
+    except Exception as error:
+        _finish(context, job_id, token, JobState.FAILED, f"{type(error).__name__}: {error}")
+        LOG.error("job %d failed: %s", job_id, error)
+        raise
+    if delivery_ids is None:
+        LOG.warning("job %d: lost its claim while running; another worker finishes it", job_id)
+        return JobOutcome.NOT_CLAIMED
+    for delivery_id in delivery_ids:
+        context.queue.enqueue_delivery(delivery_id)
+    LOG.info("job %d succeeded; %d deliveries queued", job_id, len(delivery_ids))
+    return JobOutcome.SUCCEEDED
+
+
+def _analyse(context: WorkerContext, job: Job, token: str) -> list[int] | None:
+    paths = _source_paths(context, job)
+    if not paths:
+        raise MissingInputError(f"series of job {job.id} has no stored instances")
+    pipeline = context.registry.pipeline(job.pipeline, context.settings.models_dir)
+    try:
+        findings = pipeline.run(paths)
+    except Exception as error:
+        if _is_not_installed(error):
+            raise PipelineUnavailableError(str(error)) from error
+        raise
+    sources = [pydicom.dcmread(p) for p in paths]
+    writer = context.registry.writer(job.pipeline)
+    profiles = sorted({d.profile for d in context.settings.destinations}) or ["standard"]
+    results: list[Result] = []
+    for profile in profiles:
+        results += store_results(context, job, profile, writer(findings, sources, profile))
+    return _complete(context, job.id, token, _model_version(pipeline, findings), results)
+
+
+class MissingInputError(DicomNodeError):
+    """The job's input cannot be analysed as it is (no instances stored for the chosen series)."""
+
+
+def _is_not_installed(error: Exception) -> bool:
+    try:
+        from pipelines.errors import PipelineNotInstalledError
+    except ImportError:
+        return False
+    return isinstance(error, PipelineNotInstalledError)

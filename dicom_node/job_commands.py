@@ -1,0 +1,381 @@
+"""The job commands of ``dicom-node``: ``worker``, ``jobs``, ``retry``, ``reprocess``, and what ``status``
+adds about jobs, deliveries, queues, workers and pipelines (``status_extras``).
+
+Mounted on the main typer app by ``register(app)``. Commands that put work back only change rows and
+ring the broker once; if the broker is unreachable the reconciler rings it later, so they never fail
+for that reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import delete, func, select, update
+
+from dicom_node.config import Settings, load_settings
+from dicom_node.errors import ConfigError
+from dicom_node.index.database import Database
+from dicom_node.index.models import (
+    Delivery,
+    DeliveryState,
+    Job,
+    JobState,
+    Series,
+    Study,
+    WorkerRecord,
+    utcnow,
+)
+from dicom_node.reconciler import JobSettings, as_aware
+
+console = Console()
+errors = Console(stderr=True)
+PIPELINES = ("cxr-classification", "ct-lung-nodules", "ct-vertebrae")
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file.", exists=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        settings = load_settings(config)
+        JobSettings.from_settings(settings)
+    except ConfigError as error:
+        errors.print(f"[red]configuration error:[/red] {error}")
+        raise typer.Exit(2) from None
+    return settings
+
+
+def _database(settings: Settings) -> Database:
+    database = Database(settings.effective_database_url)
+    try:
+        database.upgrade()
+    except Exception as error:
+        errors.print(f"[red]cannot open the index database:[/red] {error}")
+        raise typer.Exit(1) from None
+    return database
+
+
+def _iso(value: Any) -> str | None:
+    aware = as_aware(value)
+    return aware.isoformat() if aware is not None else None
+
+
+def _ring(settings: Settings, job_ids: Sequence[int], delivery_ids: Sequence[int]) -> None:
+    """Enqueue now; on a broker error the reconciler re-sends once the rows' leases lapse."""
+    from dicom_node.tasks import TaskQueue, create_app
+
+    try:
+        queue = TaskQueue(create_app(settings))
+        for job_id in job_ids:
+            queue.enqueue_job(job_id)
+        for delivery_id in delivery_ids:
+            queue.enqueue_delivery(delivery_id)
+    except Exception as error:
+        errors.print(f"[yellow]broker not reachable ({error}); the reconciler will enqueue[/yellow]")
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "study_instance_uid": job.study.study_instance_uid,
+        "series_instance_uid": job.series.series_instance_uid if job.series else None,
+        "study_revision": job.study_revision,
+        "pipeline": job.pipeline,
+        "model_version": job.model_version,
+        "state": job.state,
+        "attempts": job.attempts,
+        "error": job.error,
+        "worker_host": job.worker_host,
+        "created_at": _iso(job.created_at),
+        "queued_at": _iso(job.queued_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "lease_expires_at": _iso(job.lease_expires_at),
+        "results": [r.sop_instance_uid for r in job.results],
+        "deliveries": [
+            {
+                "id": d.id,
+                "destination": d.destination,
+                "state": d.state,
+                "attempts": d.attempts,
+                "failures": d.failures,
+                "error": d.error,
+                "next_attempt_at": _iso(d.next_attempt_at),
+                "delivered_at": _iso(d.delivered_at),
+            }
+            for d in job.deliveries
+        ],
+    }
+
+
+def _requeue_values() -> dict[str, Any]:
+    return {
+        "state": JobState.QUEUED,
+        "attempts": 0,
+        "error": None,
+        "claim_token": None,
+        "finished_at": None,
+        "queued_at": utcnow(),
+        "lease_expires_at": utcnow() + timedelta(seconds=5),
+    }
+
+
+def retry_rows(database: Database, job_ids: Sequence[int], all_failed: bool) -> tuple[list[int], list[int]]:
+    """Put failed/skipped jobs back to ``queued`` and failed deliveries back to ``pending``."""
+    with database.session() as session:
+        jobs_query = select(Job.id).where(Job.state.in_([JobState.FAILED, JobState.SKIPPED]))
+        if not all_failed:
+            jobs_query = jobs_query.where(Job.id.in_(job_ids))
+        jobs = list(session.scalars(jobs_query).all())
+        if jobs:
+            session.execute(update(Job).where(Job.id.in_(jobs)).values(**_requeue_values()))
+        deliveries_query = select(Delivery.id).where(Delivery.state == DeliveryState.FAILED)
+        if not all_failed:
+            deliveries_query = deliveries_query.where(Delivery.job_id.in_(job_ids))
+        deliveries = list(session.scalars(deliveries_query).all())
+        if deliveries:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(deliveries))
+                .values(
+                    state=DeliveryState.PENDING,
+                    failures=0,
+                    first_attempt_at=None,
+                    next_attempt_at=None,
+                    claim_token=None,
+                    lease_expires_at=utcnow() + timedelta(seconds=5),
+                )
+            )
+    return jobs, deliveries
+
+
+def reprocess_study(
+    database: Database, settings: Settings, study_uid: str, pipeline: str | None
+) -> list[int]:
+    """Queue the study's jobs again (their deliveries are sent again); create one for ``pipeline``."""
+    from dicom_node.routing import compile_routes
+
+    with database.session() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+        if study is None:
+            raise LookupError(f"no study {study_uid}")
+        query = select(Job).where(Job.study_id == study.id, Job.study_revision == study.revision)
+        if pipeline:
+            query = query.where(Job.pipeline == pipeline)
+        jobs = list(session.scalars(query).all())
+        if not jobs and pipeline:
+            if not study.series:
+                raise LookupError(f"study {study_uid} has no series")
+            route = next((r for r in compile_routes(settings.routes) if r.pipeline == pipeline), None)
+            candidates = list(study.series)
+            chosen = route.choose(candidates) if route else max(candidates, key=lambda s: s.num_instances)
+            job = Job(
+                study_id=study.id,
+                series_id=chosen.id,
+                study_revision=study.revision,
+                pipeline=pipeline,
+                state=JobState.QUEUED,
+                attempts=0,
+                stable_at=study.completed_at,
+            )
+            session.add(job)
+            session.flush()
+            jobs = [job]
+        if not jobs:
+            study.routed_revision = 0  # the reconciler routes it again
+            return []
+        ids = [job.id for job in jobs]
+        session.execute(delete(Delivery).where(Delivery.job_id.in_(ids)))
+        session.execute(update(Job).where(Job.id.in_(ids)).values(**_requeue_values()))
+        return ids
+
+
+def _count_by(database: Database, column: Any) -> dict[str, int]:
+    with database.sessions() as session:
+        return {
+            str(k): int(v) for k, v in session.execute(select(column, func.count()).group_by(column)).all()
+        }
+
+
+def pipeline_statuses(models_dir: Path) -> list[dict[str, Any]]:
+    """The pipelines and whether their models are installed (``models.registry`` once it exists)."""
+    rows: dict[str, dict[str, Any]] = {name: {"name": name, "installed": None} for name in PIPELINES}
+    try:
+        from models.registry import model_statuses
+    except ImportError:
+        for row in rows.values():
+            row["detail"] = "model registry not available in this installation"
+        return list(rows.values())
+    try:
+        statuses = model_statuses(models_dir)
+    except Exception as error:
+        for row in rows.values():
+            row["detail"] = f"model registry failed: {error}"
+        return list(rows.values())
+    models: list[dict[str, Any]] = []
+    for status in statuses:
+        if dataclasses.is_dataclass(status) and not isinstance(status, type):
+            item = dataclasses.asdict(status)
+        elif isinstance(status, dict):
+            item = dict(status)
+        else:
+            item = {k: v for k, v in vars(status).items() if not k.startswith("_")}
+        models.append(
+            {k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in item.items()}
+        )
+    for model in models:
+        pipeline = model.get("pipeline")
+        if isinstance(pipeline, str) and pipeline in rows:
+            rows[pipeline].update({"installed": model.get("installed"), "model": model})
+    return list(rows.values())
+
+
+def status_extras(settings: Settings, database: Database) -> dict[str, Any]:
+    """What ``status --json`` adds: jobs, deliveries, queue depths, live workers and pipelines."""
+    from dicom_node.tasks import broker_url, create_app, queue_depths
+
+    jobs = JobSettings.from_settings(settings)
+    job_states = _count_by(database, Job.state)
+    delivery_states = _count_by(database, Delivery.state)
+    seen_since = utcnow() - timedelta(seconds=jobs.worker_seen_within)
+    with database.sessions() as session:
+        workers = [
+            {
+                "name": w.name,
+                "queues": w.queues.split(","),
+                "concurrency": w.concurrency,
+                "started_at": _iso(w.started_at),
+                "last_seen_at": _iso(w.last_seen_at),
+            }
+            for w in session.scalars(select(WorkerRecord).order_by(WorkerRecord.name)).all()
+            if (as_aware(w.last_seen_at) or seen_since) >= seen_since
+        ]
+        not_routed = (
+            session.scalar(select(func.count(Study.id)).where(Study.routing_reason.is_not(None))) or 0
+        )
+        series = session.scalar(select(func.count(Series.id))) or 0
+    from kombu.utils.url import maybe_sanitize_url
+
+    return {
+        "jobs": {
+            "total": sum(job_states.values()),
+            "by_state": {state.value: job_states.get(state.value, 0) for state in JobState},
+        },
+        "deliveries": {
+            "total": sum(delivery_states.values()),
+            "by_state": {state.value: delivery_states.get(state.value, 0) for state in DeliveryState},
+            "pending": delivery_states.get(DeliveryState.PENDING, 0)
+            + delivery_states.get(DeliveryState.SENDING, 0),
+            "failed": delivery_states.get(DeliveryState.FAILED, 0),
+        },
+        "studies_not_routed": int(not_routed),
+        "series_indexed": int(series),
+        "broker": str(maybe_sanitize_url(broker_url(settings))),
+        "queues": queue_depths(create_app(settings)),
+        "workers": workers,
+        "pipelines": pipeline_statuses(settings.models_dir),
+    }
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``worker``, ``jobs``, ``retry`` and ``reprocess`` to ``app``."""
+
+    @app.command()
+    def worker(
+        config: ConfigOption = None,
+        queues: Annotated[str, typer.Option(help="Queues to consume, comma-separated.")] = "gpu,io",
+        concurrency: Annotated[int, typer.Option(help="Tasks run at once (pool processes).", min=1)] = 1,
+    ) -> None:
+        """Run a worker on the node's queues (DICOM_NODE_BROKER_URL=redis://… to scale out)."""
+        import logging
+        import sys
+
+        from dicom_node.worker import parse_queues, run_worker
+
+        settings = _settings(config)
+        try:
+            queues = parse_queues(queues)
+        except ValueError as error:
+            errors.print(f"[red]{error}[/red]")
+            raise typer.Exit(2) from None
+        logging.basicConfig(level=settings.log_level, stream=sys.stderr)
+        run_worker(settings, queues, concurrency)
+
+    @app.command()
+    def jobs(
+        config: ConfigOption = None,
+        state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+        study: Annotated[str | None, typer.Option(help="Only jobs of this Study Instance UID.")] = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """List analysis jobs and their deliveries (newest first)."""
+        settings = _settings(config)
+        database = _database(settings)
+        with database.sessions() as session:
+            query = select(Job).order_by(Job.id.desc())
+            if state:
+                query = query.where(Job.state == state)
+            if study:
+                query = query.join(Study).where(Study.study_instance_uid == study)
+            rows = [job_row(j) for j in session.scalars(query).all()]
+        if as_json:
+            console.print_json(json.dumps({"jobs": rows}))
+            return
+        table = Table("#", "Pipeline", "Study", "State", "Tries", "Worker", "Deliveries", "Error")
+        for r in rows:
+            table.add_row(
+                str(r["id"]),
+                r["pipeline"],
+                r["study_instance_uid"],
+                r["state"],
+                str(r["attempts"]),
+                r["worker_host"] or "",
+                ", ".join(f"{d['destination']}: {d['state']}" for d in r["deliveries"]),
+                (r["error"] or "")[:80],
+            )
+        console.print(table)
+
+    @app.command()
+    def retry(
+        job_ids: Annotated[list[int] | None, typer.Argument(help="Job ids.")] = None,
+        failed: Annotated[
+            bool, typer.Option("--failed", help="Every failed or skipped job and delivery.")
+        ] = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Run failed/skipped jobs again and resend their failed deliveries."""
+        if not job_ids and not failed:
+            errors.print("[red]give job ids or --failed[/red]")
+            raise typer.Exit(2)
+        settings = _settings(config)
+        database = _database(settings)
+        jobs_again, deliveries_again = retry_rows(database, job_ids or [], failed)
+        _ring(settings, jobs_again, deliveries_again)
+        console.print(f"queued {len(jobs_again)} jobs and {len(deliveries_again)} deliveries again")
+
+    @app.command()
+    def reprocess(
+        study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
+        pipeline: Annotated[
+            str | None, typer.Option(help="Only this pipeline (created if not routed).")
+        ] = None,
+        config: ConfigOption = None,
+    ) -> None:
+        """Analyse a study again and send its results again."""
+        settings = _settings(config)
+        database = _database(settings)
+        try:
+            ids = reprocess_study(database, settings, study_uid, pipeline)
+        except LookupError as error:
+            errors.print(f"[red]{error}[/red]")
+            raise typer.Exit(1) from None
+        _ring(settings, ids, [])
+        console.print(f"queued {len(ids)} jobs" if ids else "study will be routed again")

@@ -1,0 +1,216 @@
+"""One delivery's work: C-STORE a job's result objects to one destination, with backoff kept in the row.
+
+A delivery is claimed like a job (a conditional UPDATE, fenced by a token), then its results in the
+destination's profile are sent on one association. The association proposes, per SOP class, the
+transfer syntax the objects are stored in plus Explicit and Implicit VR Little Endian, so a peer that
+accepts only the uncompressed defaults still gets them (decoded first if they were compressed).
+
+Any failure — no association, a refused or aborted one, a non-success status — is retried: the row
+goes back to ``pending`` with ``next_attempt_at`` = now + ``delivery_backoff`` × 2^(failures−1) (capped
+at ``delivery_backoff_max``, ±10 % jitter), and the reconciler enqueues it when due. Once the next
+attempt would fall past ``delivery_horizon`` after the first one, the delivery ends ``failed``: the dead
+letter, listed by ``dicom-node jobs`` and put back by ``dicom-node retry``. Each delivery is its own
+row and message, so one unreachable destination delays nothing bound elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.association import Association
+from sqlalchemy import update
+
+from dicom_node.config import DEFAULT_TIMEOUTS, Destination, DimseTimeouts
+from dicom_node.index.models import Delivery, DeliveryState, Job, utcnow
+from dicom_node.scu import FileToSend, SendReport, is_success, make_ae
+
+if TYPE_CHECKING:
+    from dicom_node.tasks import WorkerContext
+
+LOG = logging.getLogger(__name__)
+FALLBACK_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+class DeliveryOutcome(StrEnum):
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    NOT_CLAIMED = "not-claimed"
+
+
+def proposed_syntaxes(stored: Sequence[str]) -> list[str]:
+    """The stored transfer syntaxes first, then the uncompressed fallbacks, without repeats."""
+    ordered: list[str] = []
+    for uid in [*stored, *FALLBACK_SYNTAXES]:
+        if uid not in ordered:
+            ordered.append(str(uid))
+    return ordered
+
+
+def _nodelay(assoc: Association) -> None:
+    sock = assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def send_results(
+    destination: Destination,
+    files: Sequence[FileToSend],
+    calling_ae_title: str,
+    timeouts: DimseTimeouts = DEFAULT_TIMEOUTS,
+) -> SendReport:
+    """C-STORE ``files`` on one association; raises ``ConnectionError`` if none is established."""
+    report = SendReport()
+    ae = make_ae(calling_ae_title, timeouts)
+    by_class: dict[str, list[str]] = {}
+    for item in files:
+        by_class.setdefault(item.sop_class_uid, []).append(item.transfer_syntax_uid)
+    for sop_class, stored in sorted(by_class.items()):
+        ae.add_requested_context(sop_class, proposed_syntaxes(stored))
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
+        raise ConnectionError(f"{destination.address}: association {state}")
+    _nodelay(assoc)
+    try:
+        accepted = {str(cx.abstract_syntax): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+        for item in files:
+            if not assoc.is_established:
+                raise ConnectionError(f"{destination.address} ended the association")
+            syntax = accepted.get(item.sop_class_uid)
+            if syntax is None:
+                report.statuses[item.sop_instance_uid] = -1
+                report.comments[item.sop_instance_uid] = "SOP class not accepted by the destination"
+                continue
+            if syntax == item.transfer_syntax_uid:
+                response = assoc.send_c_store(item.path)
+            else:
+                ds = dcmread(item.path)
+                if UID(item.transfer_syntax_uid).is_compressed:
+                    ds.decompress()
+                response = assoc.send_c_store(ds)
+            status = int(response.Status) if "Status" in response else -1
+            report.statuses[item.sop_instance_uid] = status
+            if "ErrorComment" in response:
+                report.comments[item.sop_instance_uid] = str(response.ErrorComment)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return report
+
+
+def backoff_delay(failures: int, base: float, cap: float) -> float:
+    """Seconds before attempt ``failures + 1``: exponential, capped, with ±10 % jitter."""
+    delay = min(base * 2 ** max(failures - 1, 0), cap)
+    return float(delay * random.uniform(0.9, 1.1))
+
+
+def claim_delivery(context: WorkerContext, delivery_id: int) -> str | None:
+    token = uuid.uuid4().hex
+    now = utcnow()
+    with context.database.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None:
+            return None
+        result = session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id == delivery_id,
+                (Delivery.state == DeliveryState.PENDING)
+                | ((Delivery.state == DeliveryState.SENDING) & (Delivery.lease_expires_at < now)),
+            )
+            .values(
+                state=DeliveryState.SENDING,
+                attempts=Delivery.attempts + 1,
+                claim_token=token,
+                worker_host=f"{socket.gethostname()}",
+                first_attempt_at=delivery.first_attempt_at or now,
+                lease_expires_at=now + timedelta(seconds=context.jobs.running_lease),
+            )
+        )
+        return token if getattr(result, "rowcount", 0) else None
+
+
+def deliver(context: WorkerContext, delivery_id: int) -> DeliveryOutcome:
+    """Send delivery ``delivery_id`` once; on failure schedule the next attempt or dead-letter it."""
+    token = claim_delivery(context, delivery_id)
+    if token is None:
+        return DeliveryOutcome.NOT_CLAIMED
+    with context.database.sessions() as session:
+        delivery = session.get(Delivery, delivery_id)
+        job = session.get(Job, delivery.job_id) if delivery else None
+        assert delivery is not None and job is not None
+        files = [
+            FileToSend(
+                context.store.path(r.path),
+                r.sop_class_uid,
+                r.sop_instance_uid,
+                _stored_syntax(context, r.path),
+            )
+            for r in job.results
+            if r.profile == delivery.profile
+        ]
+        destination = Destination(
+            name=delivery.destination, ae_title=delivery.ae_title, host=delivery.host, port=delivery.port
+        )
+    error: str | None = None
+    try:
+        report = send_results(destination, files, context.settings.ae_title, context.settings.timeouts)
+        failed = {uid: s for uid, s in report.statuses.items() if not is_success(s)}
+        if failed:
+            uid, status = next(iter(failed.items()))
+            error = (
+                f"{len(failed)} of {len(files)} objects refused, e.g. {uid}: status 0x{status & 0xFFFF:04X} "
+                + report.comments.get(uid, "")
+            ).strip()
+    except (ConnectionError, OSError, RuntimeError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    now = utcnow()
+    with context.database.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None or delivery.claim_token != token:
+            return DeliveryOutcome.NOT_CLAIMED
+        delivery.claim_token = None
+        delivery.lease_expires_at = None
+        if error is None:
+            delivery.state = DeliveryState.DELIVERED
+            delivery.delivered_at = now
+            delivery.error = None
+            LOG.info("delivery %d: %d objects to %s", delivery_id, len(files), destination.address)
+            return DeliveryOutcome.DELIVERED
+        delivery.failures += 1
+        delivery.error = error
+        delay = backoff_delay(
+            delivery.failures, context.jobs.delivery_backoff, context.jobs.delivery_backoff_max
+        )
+        first = delivery.first_attempt_at or now
+        if first.tzinfo is None:
+            first = first.replace(tzinfo=now.tzinfo)
+        if (now + timedelta(seconds=delay) - first).total_seconds() > context.jobs.delivery_horizon:
+            delivery.state = DeliveryState.FAILED
+            LOG.error("delivery %d to %s failed for good: %s", delivery_id, destination.address, error)
+            return DeliveryOutcome.FAILED
+        delivery.state = DeliveryState.PENDING
+        delivery.next_attempt_at = now + timedelta(seconds=delay)
+        LOG.warning(
+            "delivery %d to %s failed (%s); next attempt in %.1f s",
+            delivery_id,
+            destination.address,
+            error,
+            delay,
+        )
+        return DeliveryOutcome.RETRYING
+
+
+def _stored_syntax(context: WorkerContext, relative: str) -> str:
+    ds = dcmread(context.store.path(relative), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    return str(ds.file_meta.TransferSyntaxUID)

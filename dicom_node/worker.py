@@ -1,0 +1,75 @@
+"""``dicom-node worker``: a Celery worker on the node's queues, plus this process's reconciler loop.
+
+The same function runs the embedded worker that ``serve`` supervises (broker ``filesystem://`` under the
+data dir) and scale-out workers on any host (``DICOM_NODE_BROKER_URL=redis://…``). The reconciler
+thread lives in the worker's main process (forked pool children start without it) and also records the
+worker in the index, which is how ``status`` lists live workers whatever the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from dicom_node.config import Settings, load_settings
+from dicom_node.index.database import Database
+from dicom_node.reconciler import ReconcilerThread, WorkerIdentity, default_worker_name
+from dicom_node.tasks import QUEUES, create_app, is_embedded
+
+LOG = logging.getLogger(__name__)
+
+
+def parse_queues(text: str) -> str:
+    queues = [q.strip() for q in text.split(",") if q.strip()]
+    unknown = set(queues) - set(QUEUES)
+    if not queues or unknown:
+        raise ValueError(f"--queues: expected a comma-separated subset of {list(QUEUES)}, got {text!r}")
+    return ",".join(queues)
+
+
+def worker_argv(queues: str, concurrency: int, name: str, log_level: str) -> list[str]:
+    return [
+        "worker",
+        f"--queues={queues}",
+        f"--concurrency={concurrency}",
+        f"--hostname={name}",
+        f"--loglevel={log_level}",
+        "--pool=prefork",
+        # No broadcast chatter: liveness comes from the index, and the filesystem transport polls.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def run_worker(settings: Settings, queues: str = "gpu,io", concurrency: int = 1) -> None:
+    """Run until SIGTERM/SIGINT (Celery's warm shutdown finishes the running task first)."""
+    queues = parse_queues(queues)
+    database = Database(settings.effective_database_url)
+    database.upgrade()
+    app = create_app(settings)
+    name = default_worker_name(queues)
+    reconciler = ReconcilerThread(
+        database, settings, app.context().queue, WorkerIdentity(name, queues, concurrency)
+    )
+    reconciler.start()
+    LOG.info("worker %s on %s (%s broker)", name, queues, "embedded" if is_embedded(settings) else "external")
+    try:
+        app.worker_main(worker_argv(queues, concurrency, name, settings.log_level))
+    finally:
+        reconciler.stop()
+        database.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dicom_node.worker [QUEUES [CONCURRENCY]]``: settings from the environment only."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("DICOM_NODE_LOG_LEVEL", "INFO"), stream=sys.stderr)
+    settings = load_settings()
+    run_worker(settings, args[0] if args else "gpu,io", int(args[1]) if len(args) > 1 else 1)
+
+
+if __name__ == "__main__":
+    main()

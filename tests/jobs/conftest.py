@@ -1,0 +1,312 @@
+"""Real peers for the job tests: Redis db 7, ``dicom-node serve``/``worker`` subprocesses, DCMTK storescp.
+
+Nothing here mocks Celery, Redis or an AE: the node and its workers are separate processes started as a
+hospital would start them, the PACS is DCMTK's ``storescp`` (with TCP_NODELAY=1), and every wait polls
+the index or the PACS folder with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from dicom_node.index.database import Database
+
+REPO = Path(__file__).resolve().parents[2]
+REDIS_DB = 7
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+CLI = [sys.executable, "-c", "from dicom_node.cli import main; main()"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the process group, SIGKILL it after ``grace``."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+@dataclass
+class Pacs:
+    """DCMTK storescp writing every received object under ``folder`` (unique names: duplicates show)."""
+
+    folder: Path
+    port: int
+    ae_title: str = "PACS"
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["storescp", "-aet", self.ae_title, "-od", str(self.folder), "+uf", str(self.port)],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for(lambda: port_open(self.port), 10, "storescp to listen")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, grace=3)
+            self.process = None
+
+    def received(self) -> list[str]:
+        """SOP Instance UIDs of every file received, one entry per reception."""
+        uids = []
+        for path in sorted(self.folder.iterdir()):
+            if path.is_file():
+                try:
+                    uids.append(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+                except Exception:  # a file storescp is still writing
+                    continue
+        return uids
+
+
+@dataclass
+class NodeUnderTest:
+    """A node's settings file and data dir, and the processes started on it."""
+
+    root: Path
+    pacs: Pacs
+    broker_url: str
+    port: int = field(default_factory=free_port)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "node.toml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "var"
+
+    def write_config(self, **jobs: Any) -> None:
+        settings = {
+            "reconcile_interval": 0.3,
+            "queued_lease": 30,
+            "running_lease": 3,
+            "delivery_backoff": 0.5,
+            "delivery_backoff_max": 2,
+            "task_time_limit": 120,
+            "plugins": ["tests.jobs.fixed_pipeline"],
+            **jobs,
+        }
+        lines = [
+            'ae_title = "NODE"',
+            f"port = {self.port}",
+            'host = "127.0.0.1"',
+            f'data_dir = "{self.data_dir}"',
+            "quiet_period = 0.5",
+            "series_quiet_period = 0.3",
+            "[jobs]",
+            *(f"{k} = {_toml(v)}" for k, v in settings.items()),
+            "[[destinations]]",
+            'name = "pacs"',
+            f'ae_title = "{self.pacs.ae_title}"',
+            'host = "127.0.0.1"',
+            f"port = {self.pacs.port}",
+            "[[routes]]",
+            'pipeline = "fixed-cost"',
+            'select = "thinnest"',
+            "[routes.match]",
+            'modality = "CT"',
+            'orientation = "axial"',
+            'num_instances = ">= 2"',
+        ]
+        self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
+        env.update(
+            PYTHONPATH=str(REPO),
+            DICOM_NODE_CONFIG=str(self.config),
+            DICOM_NODE_BROKER_URL=self.broker_url,
+            DICOM_NODE_LOG_LEVEL="INFO",
+            **extra,
+        )
+        return env
+
+    def _start(self, args: list[str], log: str, **env: str) -> subprocess.Popen[bytes]:
+        handle = (self.root / log).open("ab")
+        process = subprocess.Popen(
+            [*CLI, *args],
+            cwd=self.root,
+            env=self.env(**env),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+        self.processes.append(process)
+        return process
+
+    def serve(self, *, worker: bool = False) -> subprocess.Popen[bytes]:
+        process = self._start(["serve"] + ([] if worker else ["--no-worker"]), "serve.log")
+        wait_for(lambda: port_open(self.port) or process.poll() is not None, 60, "the node to listen")
+        assert process.poll() is None, self.log("serve.log")
+        return process
+
+    def worker(self, pipeline_seconds: float = 0.2, concurrency: int = 1) -> subprocess.Popen[bytes]:
+        return self._start(
+            ["worker", "--concurrency", str(concurrency)],
+            "worker.log",
+            DICOM_NODE_TEST_PIPELINE_SECONDS=str(pipeline_seconds),
+        )
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], cwd=self.root, env=self.env(), capture_output=True, text=True, timeout=60
+        )
+
+    def log(self, name: str) -> str:
+        path = self.root / name
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def database(self) -> Database:
+        return Database(f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}")
+
+    def send(self, files: list[Path]) -> None:
+        """C-STORE ``files`` to the node with DCMTK storescu (TCP_NODELAY=1, as DESIGN.md asks)."""
+        result = subprocess.run(
+            ["storescu", "-aet", "MODALITY", "-aec", "NODE", "127.0.0.1", str(self.port), *map(str, files)],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            stop_process(process)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def make_ct_study(folder: Path, slices: int = 3, thickness: float = 1.0) -> tuple[str, list[Path]]:
+    """A tiny axial CT series (16×16 pixels) written as files; returns the study UID and the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for index in range(slices):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        sop_uid = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
+        ds.PatientID, ds.PatientName = "JOBS-TEST", "Test^Jobs"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20250101", "120000", "A1"
+        ds.Modality, ds.BodyPartExamined, ds.SeriesNumber, ds.InstanceNumber = "CT", "CHEST", 2, index + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0, 0, index * thickness]
+        ds.SliceThickness, ds.PixelSpacing, ds.KVP = thickness, [0.7, 0.7], 120
+        ds.Rows = ds.Columns = 16
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = np.full((16, 16), index, dtype=np.int16).tobytes()
+        path = folder / f"{index}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return str(study_uid), paths
+
+
+@pytest.fixture
+def redis_db() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()  # fails loudly when no Redis answers
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[Pacs]:
+    if shutil.which("storescp") is None:
+        pytest.fail("DCMTK storescp is required")
+    server = Pacs(tmp_path / "pacs", free_port())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path, pacs: Pacs) -> Iterator[Callable[..., NodeUnderTest]]:
+    nodes: list[NodeUnderTest] = []
+
+    def build(broker_url: str = REDIS_URL, **jobs: Any) -> NodeUnderTest:
+        node = NodeUnderTest(tmp_path / f"node{len(nodes)}", pacs, broker_url)
+        node.root.mkdir()
+        node.write_config(**jobs)
+        nodes.append(node)
+        return node
+
+    try:
+        yield build
+    finally:
+        for node in nodes:
+            node.stop()

@@ -1,0 +1,97 @@
+"""A test-only, fixed-cost pipeline and a minimal result writer, loaded by workers as a ``[jobs]`` plugin.
+
+``fixed-cost`` sleeps ``DICOM_NODE_TEST_PIPELINE_SECONDS`` (default 0.2 s) and reports how many images
+it saw; the writer turns that into one Basic Text SR whose UIDs derive from (study, pipeline, model
+version), as the real writers' do. Plumbing only: it analyses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+NAME = "fixed-cost"
+VERSION = "test-1"
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class FixedFindings:
+    model: ModelInfo
+    study_instance_uid: str
+    images: int
+
+
+class FixedCostPipeline:
+    model_version = VERSION
+
+    def run(self, paths: Sequence[Path]) -> FixedFindings:
+        first = dcmread(paths[0], stop_before_pixels=True)
+        time.sleep(float(os.environ.get("DICOM_NODE_TEST_PIPELINE_SECONDS", "0.2")))
+        return FixedFindings(ModelInfo(NAME, VERSION), str(first.StudyInstanceUID), len(paths))
+
+
+def result_uids(study_uid: str, profile: str = "standard") -> tuple[str, str]:
+    """(series, SOP instance) UIDs of the SR for ``study_uid``: the same on every run."""
+    parts = ["dicom-node-test", study_uid, NAME, VERSION, profile]
+    return (
+        str(generate_uid(entropy_srcs=[*parts, "series"])),
+        str(generate_uid(entropy_srcs=[*parts, "instance"])),
+    )
+
+
+def write_text_report(findings: FixedFindings, sources: Sequence[Dataset], profile: str) -> list[Dataset]:
+    source = sources[0]
+    series_uid, sop_uid = result_uids(findings.study_instance_uid, profile)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPInstanceUID = sop_uid
+    for keyword in (
+        "PatientID",
+        "PatientName",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+    ):
+        if keyword in source:
+            setattr(ds, keyword, source.data_element(keyword).value)
+    ds.Modality = "SR"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = 9900
+    ds.InstanceNumber = 1
+    ds.SeriesDescription = f"{NAME} {VERSION}"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "TEST", "99DN", "Test report"
+    ds.ConceptNameCodeSequence = [concept]
+    item = Dataset()
+    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
+    item.TextValue = f"{findings.images} images seen"
+    ds.ContentSequence = [item]
+    return [ds]
+
+
+def register_pipelines(registry: object) -> None:
+    """Plugin entry point (``[jobs] plugins``): add the fixed-cost pipeline and its writer."""
+    registry.register(NAME, FixedCostPipeline, write_text_report)  # type: ignore[attr-defined]
