@@ -78,6 +78,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="DICOM port.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Store, index and queue.")] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not start the embedded worker.")] = False,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus port.")] = None,
 ) -> None:
     """Receive studies over DICOM and run the node."""
     from dicom_node.node import Node
@@ -85,7 +86,13 @@ def serve(
     settings = _settings(config, ae_title=ae_title, host=host, port=port, data_dir=data_dir)
     _configure_logging(settings.log_level)
     try:
-        node = Node(settings)
+        node = Node(
+            settings,
+            run_jobs=True,
+            embedded_worker=not no_worker,
+            config_file=config,
+            metrics_port=metrics_port,
+        )
         report = node.start()
     except (DicomNodeError, OSError) as error:
         errors.print(f"[red]cannot start:[/red] {error}")
@@ -202,6 +209,7 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     settings = _settings(config)
     database = _database(settings)
     document = status_document(database)
+    document.update(status_extras(settings, database))
     document["destinations"] = [
         {"name": d.name, "ae_title": d.ae_title, "host": d.host, "port": d.port}
         for d in settings.destinations
@@ -358,6 +366,11 @@ def db_upgrade(config: ConfigOption = None) -> None:
     settings = _settings(config)
     database = _database(settings)
     console.print(f"index at schema revision {database.current_revision()}")
+
+
+from dicom_node.job_commands import register, status_extras  # noqa: E402
+
+register(app)
 
 
 def main() -> None:
