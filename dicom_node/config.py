@@ -147,6 +147,7 @@ class Settings:
     destinations: tuple[Destination, ...] = ()
     routes: tuple[Mapping[str, Any], ...] = ()
     log_level: str = "INFO"
+    retention_days: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -186,7 +187,19 @@ _SCALARS: dict[str, Any] = {
     "max_associations": lambda v, name: _parse_int(v, name=name),
     "min_free_bytes": lambda v, name: _parse_int(v, name=name),
     "log_level": lambda v, name: str(v).upper(),
+    "retention_days": lambda v, name: parse_days(v, name=name),
 }
+
+
+def parse_days(value: str | float | int, *, name: str) -> float:
+    """A finite, non-negative number of days (``retention_days``: 0 keeps received images forever)."""
+    try:
+        days = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a number of days, got {value!r}") from None
+    if not 0 <= days < float("inf"):
+        raise ConfigError(f"{name}: must be a finite number of days, 0 or more, got {value!r}")
+    return days
 
 
 def _parse_int(value: str | int, *, name: str) -> int:
