@@ -172,7 +172,8 @@ class _LeaseHeartbeat:
                     session.execute(
                         update(Job)
                         .where(Job.id == self.job_id, Job.claim_token == self.token)
-                        .values(lease_expires_at=utcnow() + timedelta(seconds=self.lease))
+                        .values(lease_expires_at=utcnow() + timedelta(seconds=self.lease)),
+                        execution_options={"synchronize_session": False},
                     )
             except Exception:
                 LOG.warning("job %d: could not renew the lease", self.job_id, exc_info=True)
@@ -198,7 +199,8 @@ def claim_job(context: WorkerContext, job_id: int) -> str | None:
                 started_at=now,
                 finished_at=None,
                 lease_expires_at=now + timedelta(seconds=context.jobs.running_lease),
-            )
+            ),
+            execution_options={"synchronize_session": False},
         )
         return token if getattr(result, "rowcount", 0) else None
 
@@ -208,7 +210,8 @@ def _finish(context: WorkerContext, job_id: int, token: str, state: JobState, er
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.claim_token == token)
-            .values(state=state, error=error, finished_at=utcnow(), lease_expires_at=None)
+            .values(state=state, error=error, finished_at=utcnow(), lease_expires_at=None),
+            execution_options={"synchronize_session": False},
         )
         return bool(getattr(result, "rowcount", 0))
 
@@ -330,7 +333,8 @@ def run_job(context: WorkerContext, job_id: int) -> JobOutcome:
             session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.claim_token == token)
-                .values(state=JobState.QUEUED, error=f"transient: {error}", claim_token=None)
+                .values(state=JobState.QUEUED, error=f"transient: {error}", claim_token=None),
+                execution_options={"synchronize_session": False},
             )
         raise
     except Exception as error:

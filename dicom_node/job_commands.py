@@ -136,7 +136,10 @@ def retry_rows(database: Database, job_ids: Sequence[int], all_failed: bool) -> 
             jobs_query = jobs_query.where(Job.id.in_(job_ids))
         jobs = list(session.scalars(jobs_query).all())
         if jobs:
-            session.execute(update(Job).where(Job.id.in_(jobs)).values(**_requeue_values()))
+            session.execute(
+                update(Job).where(Job.id.in_(jobs)).values(**_requeue_values()),
+                execution_options={"synchronize_session": False},
+            )
         deliveries_query = select(Delivery.id).where(Delivery.state == DeliveryState.FAILED)
         if not all_failed:
             deliveries_query = deliveries_query.where(Delivery.job_id.in_(job_ids))
@@ -152,7 +155,8 @@ def retry_rows(database: Database, job_ids: Sequence[int], all_failed: bool) -> 
                     next_attempt_at=None,
                     claim_token=None,
                     lease_expires_at=utcnow() + timedelta(seconds=5),
-                )
+                ),
+                execution_options={"synchronize_session": False},
             )
     return jobs, deliveries
 
@@ -193,8 +197,13 @@ def reprocess_study(
             study.routed_revision = 0  # the reconciler routes it again
             return []
         ids = [job.id for job in jobs]
-        session.execute(delete(Delivery).where(Delivery.job_id.in_(ids)))
-        session.execute(update(Job).where(Job.id.in_(ids)).values(**_requeue_values()))
+        session.execute(
+            delete(Delivery).where(Delivery.job_id.in_(ids)), execution_options={"synchronize_session": False}
+        )
+        session.execute(
+            update(Job).where(Job.id.in_(ids)).values(**_requeue_values()),
+            execution_options={"synchronize_session": False},
+        )
         return ids
 
 
@@ -240,7 +249,7 @@ def pipeline_statuses(models_dir: Path) -> list[dict[str, Any]]:
 
 def status_extras(settings: Settings, database: Database) -> dict[str, Any]:
     """What ``status --json`` adds: jobs, deliveries, queue depths, live workers and pipelines."""
-    from dicom_node.tasks import broker_url, create_app, queue_depths
+    from dicom_node.tasks import broker_url, create_app, is_embedded, queue_depths
 
     jobs = JobSettings.from_settings(settings)
     job_states = _count_by(database, Job.state)
@@ -278,7 +287,7 @@ def status_extras(settings: Settings, database: Database) -> dict[str, Any]:
         },
         "studies_not_routed": int(not_routed),
         "series_indexed": int(series),
-        "broker": str(maybe_sanitize_url(broker_url(settings))),
+        "broker": {"url": str(maybe_sanitize_url(broker_url(settings))), "embedded": is_embedded(settings)},
         "queues": queue_depths(create_app(settings)),
         "workers": workers,
         "pipelines": pipeline_statuses(settings.models_dir),

@@ -137,7 +137,8 @@ def mark_job_queued(session: Session, job_id: int, jobs: JobSettings, now: datet
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.QUEUED)
-        .values(lease_expires_at=now + timedelta(seconds=jobs.queued_lease), queued_at=now)
+        .values(lease_expires_at=now + timedelta(seconds=jobs.queued_lease), queued_at=now),
+        execution_options={"synchronize_session": False},
     )
     return bool(getattr(result, "rowcount", 0))
 
@@ -170,7 +171,8 @@ def _requeue_jobs(session: Session, jobs: JobSettings, now: datetime) -> list[in
         result = session.execute(
             update(Job)
             .where(Job.id == job.id, Job.state == job.state, _lease_lapsed(Job.lease_expires_at, now))
-            .values(**values)
+            .values(**values),
+            execution_options={"synchronize_session": False},
         )
         if getattr(result, "rowcount", 0) and values.get("state") != JobState.FAILED:
             LOG.info("job %d (%s): lease ran out while %s; enqueued again", job.id, job.pipeline, job.state)
@@ -204,7 +206,8 @@ def _due_deliveries(session: Session, jobs: JobSettings, now: datetime) -> list[
                 state=DeliveryState.PENDING,
                 lease_expires_at=now + timedelta(seconds=jobs.queued_lease),
                 claim_token=None,
-            )
+            ),
+            execution_options={"synchronize_session": False},
         )
         if getattr(result, "rowcount", 0):
             ids.append(delivery.id)

@@ -135,7 +135,8 @@ def claim_delivery(context: WorkerContext, delivery_id: int) -> str | None:
                 worker_host=f"{socket.gethostname()}",
                 first_attempt_at=delivery.first_attempt_at or now,
                 lease_expires_at=now + timedelta(seconds=context.jobs.running_lease),
-            )
+            ),
+            execution_options={"synchronize_session": False},
         )
         return token if getattr(result, "rowcount", 0) else None
 
