@@ -104,7 +104,7 @@ def serve(
         f"data in {settings.data_dir.resolve()}"
         + (f" (recovered: {report})" if any(vars(report).values()) else "")
     )
-    node.run_until_signalled()
+    node.run_until_signalled(settings.shutdown_grace)
 
 
 def _study_row(study: Study) -> dict[str, Any]:

@@ -140,6 +140,7 @@ class Settings:
     max_pdu: int = 0
     max_instance_bytes: int = 4 * 1024**3
     max_associations: int = 16
+    shutdown_grace: float = 30.0
     min_free_bytes: int = 64 * 1024**2
     timeouts: DimseTimeouts = DEFAULT_TIMEOUTS
     access: AccessPolicy = AccessPolicy()
@@ -182,6 +183,7 @@ _SCALARS: dict[str, Any] = {
     "quiet_period": lambda v, name: parse_seconds(v, name=name),
     "series_quiet_period": lambda v, name: parse_seconds(v, name=name),
     "max_study_age": lambda v, name: parse_seconds(v, name=name),
+    "shutdown_grace": lambda v, name: parse_seconds(v, name=name),
     "max_pdu": lambda v, name: _parse_int(v, name=name),
     "max_instance_bytes": lambda v, name: _parse_int(v, name=name),
     "max_associations": lambda v, name: _parse_int(v, name=name),
@@ -213,12 +215,17 @@ def _parse_int(value: str | int, *, name: str) -> int:
 
 
 def _parse_scalar(key: str, value: Any, source: str) -> Any:
+    """Parse one setting; errors name it as the user wrote it (TOML key, env var or flag)."""
+    if source == ENV_PREFIX:
+        name = ENV_PREFIX + key.upper()
+    elif source == "--":
+        name = "--" + key.replace("_", "-")
+    else:
+        name = key
     parser = _SCALARS[key]
     if key == "ae_title":
-        return parser(str(value), name=f"{source}ae_title")
-    if key == "port":
-        return parser(value, name=f"{source}port")
-    return parser(value, name=f"{source}{key}")
+        return parser(str(value), name=name)
+    return parser(value, name=name)
 
 
 def _parse_access(table: Mapping[str, Any]) -> AccessPolicy:

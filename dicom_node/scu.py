@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.uid import UID
-from pynetdicom import AE, build_context
+from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -103,9 +103,10 @@ def _why_not_established(assoc: Association, destination: Destination) -> str:
                 f"(result {rj.result}, source {rj.result_source}, reason {rj.diagnostic})"
             )
         return f"{destination.address} rejected the association"
-    if assoc.is_aborted:
-        return f"{destination.address} aborted the association"
-    return f"could not connect to {destination.address}"
+    if assoc.acceptor.primitive is None:
+        # pynetdicom reports a refused TCP connection as an abort with no A-ASSOCIATE response.
+        return f"could not connect to {destination.address} (nothing listening, or the peer closed it)"
+    return f"{destination.address} aborted the association"
 
 
 def _batches(files: Sequence[FileToSend]) -> Iterator[list[FileToSend]]:
@@ -136,7 +137,7 @@ def send_files(
     for batch in _batches(files):
         ae = make_ae(calling_ae_title, timeouts)
         for sop_class, syntax in sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in batch}):
-            ae.add_requested_context(build_context(sop_class, [syntax]))
+            ae.add_requested_context(sop_class, syntax)
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
         if not assoc.is_established:
             raise ConnectionError(_why_not_established(assoc, destination))

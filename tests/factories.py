@@ -124,3 +124,11 @@ def dataset_bytes_many(paths: Sequence[Path]) -> dict[str, bytes]:
     from pydicom import dcmread
 
     return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p) for p in paths}
+
+
+def nodelay(assoc: object) -> None:
+    """TCP_NODELAY on a pynetdicom requestor's socket (a pynetdicom SCU runs 3× faster with it)."""
+    import socket
+
+    sock = assoc.dul.socket  # type: ignore[attr-defined]
+    sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

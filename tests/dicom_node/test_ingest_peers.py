@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from dicom_node.cli import app
 from dicom_node.index.models import Instance, Study, StudyState
 from tests.conftest import require_tool
-from tests.factories import dataset_bytes, write_ct_series
+from tests.factories import dataset_bytes, nodelay, write_ct_series
 
 
 def storescu(port: int, *args: str, ae_title: str = "DICOMNODE") -> subprocess.CompletedProcess[str]:
@@ -104,6 +104,7 @@ def test_pynetdicom_scu_sends_300_slices(make_settings, run_node, database_url, 
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
     assoc = ae.associate("127.0.0.1", node.address[1], ae_title="DICOMNODE")
     assert assoc.is_established
+    nodelay(assoc)
     try:
         for path in paths:
             status = assoc.send_c_store(path)

@@ -1,0 +1,135 @@
+"""DICOM TLS: DCMTK's TLS storescu with a client certificate gets in; without one it does not."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from dicom_node.config import TlsConfig
+from dicom_node.index.models import Instance
+from tests.conftest import require_tool
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run([require_tool("openssl"), *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throw-away CA with a server and a client certificate (RSA 2048, PEM)."""
+    d = tmp_path_factory.mktemp("pki")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dicom-node test CA",
+        cwd=d,
+    )
+    for name in ("server", "client"):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN=127.0.0.1 {name}",
+            cwd=d,
+        )
+        (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
+    return d
+
+
+def storescu_tls(port: int, pki: Path, *tls: str, files: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            require_tool("storescu"),
+            "-aec",
+            "DICOMNODE",
+            *tls,
+            "+cf",
+            str(pki / "ca.crt"),
+            "-xv",
+            "+sd",
+            "127.0.0.1",
+            str(port),
+            str(files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_tls_with_required_client_certificate(make_settings, run_node, pki, shared_data):
+    tls = TlsConfig(
+        certificate=pki / "server.crt",
+        private_key=pki / "server.key",
+        ca_certificates=pki / "ca.crt",
+        require_client_certificate=True,
+    )
+    node = run_node(make_settings(tls=tls))
+    port = node.address[1]
+    folder = shared_data / "ct" / "totalseg_dicom"
+
+    with_cert = storescu_tls(
+        port, pki, "+tls", str(pki / "client.key"), str(pki / "client.crt"), files=folder
+    )
+    assert with_cert.returncode == 0, with_cert.stderr
+    with node.database.sessions() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 20
+
+    anonymous = storescu_tls(port, pki, "+tla", files=folder)
+    assert anonymous.returncode != 0
+    plain = subprocess.run(
+        [require_tool("echoscu"), "-aec", "DICOMNODE", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert plain.returncode != 0
+
+    again = storescu_tls(port, pki, "+tls", str(pki / "client.key"), str(pki / "client.crt"), files=folder)
+    assert again.returncode == 0, again.stderr
+
+
+def test_tls_without_client_certificates(make_settings, run_node, pki, shared_data):
+    tls = TlsConfig(certificate=pki / "server.crt", private_key=pki / "server.key")
+    node = run_node(make_settings(tls=tls))
+    result = storescu_tls(node.address[1], pki, "+tla", files=shared_data / "ct" / "totalseg_dicom")
+    assert result.returncode == 0, result.stderr
