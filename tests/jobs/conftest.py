@@ -7,6 +7,7 @@ the index or the PACS folder with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -66,10 +67,8 @@ def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=grace)
     except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait()
 
 
