@@ -1,0 +1,173 @@
+"""``ct-lung-nodules``: MONAI ``lung_nodule_ct_detection`` (v0.6.8) on one CT series.
+
+Stages: ``load`` (DICOM → ``CtVolume``), ``preprocess`` (RAS, 0.703125×0.703125×1.25 mm, bilinear —
+the bundle's raw-image path), ``infer`` (a ``Detector``: the bundle's intensity window
+``ScaleIntensityRange(-1024, 300 → 0, 1, clip)`` and ``RetinaNetDetector``, whole volume in one pass
+unless it exceeds the 512×512×192 patch, then the sliding window), ``postprocess`` (clip boxes to the
+image, keep those at or above the manifest's reporting threshold, map them to patient LPS with the
+grid's affine — the bundle's ``AffineBoxToWorldCoordinated(affine_lps_to_ras=True)`` — and to the
+nearest source slice).
+
+Box coordinates on the grid are continuous voxel indices with voxel centres at integers, the
+convention of MONAI's box/affine transforms. ``volume_mm3`` is the ellipsoid inscribed in the box
+(π/6 · w · h · d), ``long_axis_mm`` the box's largest side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from pipelines.base import StageTimer
+from pipelines.compute import Compute
+from pipelines.ct_geometry import model_affine_lps, to_model_grid
+from pipelines.findings import Findings, ModelInfo, Nodule, NoduleDetectionResult
+from pipelines.io import CtVolume, load_ct_series
+
+NAME = "ct-lung-nodules"
+MODEL_NAME = "monai-lung-nodule-ct-detection"
+
+
+@dataclass(frozen=True)
+class GridDetections:
+    """Boxes on the model grid: (N, 6) as x1, y1, z1, x2, y2, z2 voxel indices, and (N,) scores."""
+
+    boxes: npt.NDArray[np.float64]
+    scores: npt.NDArray[np.float64]
+
+
+#: HU volume on the model grid, a (1, X, Y, Z) MetaTensor → detections on that grid.
+Detector = Callable[[Any], GridDetections]
+
+
+@dataclass(frozen=True)
+class NoduleSettings:
+    """What the manifest says about input geometry and which boxes become findings."""
+
+    spacing_mm: tuple[float, float, float]
+    report_score_thresh: float
+
+    @classmethod
+    def from_manifest(cls, manifest_data: dict[str, Any]) -> NoduleSettings:
+        spacing = manifest_data["input"]["spacing_mm"]
+        return cls(
+            spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+            report_score_thresh=float(manifest_data["thresholds"]["report_score_thresh"]),
+        )
+
+
+class BundleNoduleDetector:
+    """The bundle's inference: intensity window, then ``RetinaNetDetector`` (whole volume or windows)."""
+
+    def __init__(self, detector: Any, manifest_data: dict[str, Any], compute: Compute) -> None:
+        window = manifest_data["input"]["intensity_window"]
+        inference = manifest_data["inference"]
+        self.detector = detector
+        self.window = (
+            float(window["a_min"]),
+            float(window["a_max"]),
+            float(window["b_min"]),
+            float(window["b_max"]),
+        )
+        self.roi_voxels = int(np.prod(inference["roi_size"]))
+        self.force_sliding_window = bool(inference["force_sliding_window"])
+        self.compute = compute
+
+    def __call__(self, image: Any) -> GridDetections:
+        a_min, a_max, b_min, b_max = self.window
+        x = torch.as_tensor(image).float()
+        x = ((x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min).clamp(b_min, b_max)
+        use_inferer = self.force_sliding_window or x[0].numel() > self.roi_voxels
+        with self.compute.autocast():
+            outputs = self.detector([x.to(self.compute.device)], use_inferer=use_inferer)
+        out = outputs[0]
+        return GridDetections(
+            boxes=out["box"].detach().float().cpu().numpy().astype(np.float64).reshape(-1, 6),
+            scores=out["label_scores"].detach().float().cpu().numpy().astype(np.float64).reshape(-1),
+        )
+
+
+@dataclass
+class LungNoduleDetectionPipeline:
+    """CT series → nodules in patient coordinates."""
+
+    model: ModelInfo
+    detector: Detector
+    settings: NoduleSettings
+    name: str = NAME
+
+    def load(self, paths: Sequence[str | Path]) -> CtVolume:
+        return load_ct_series(paths)
+
+    def preprocess(self, volume: CtVolume) -> Any:
+        return to_model_grid(volume, self.settings.spacing_mm)
+
+    def infer(self, image: Any) -> GridDetections:
+        return self.detector(image)
+
+    def postprocess(self, volume: CtVolume, image: Any, detections: GridDetections) -> NoduleDetectionResult:
+        affine = model_affine_lps(image)
+        size = np.array(image.shape[1:], dtype=np.float64)
+        nodules = []
+        order = np.argsort(-detections.scores, kind="stable")
+        for i in order:
+            score = float(detections.scores[i])
+            if score < self.settings.report_score_thresh:
+                continue
+            lo = np.clip(detections.boxes[i, :3], 0.0, size)
+            hi = np.clip(detections.boxes[i, 3:], 0.0, size)
+            if np.any(hi <= lo):
+                continue  # ClipBoxToImage(remove_empty=True)
+            nodules.append(self._nodule(volume, affine, lo, hi, score))
+        return NoduleDetectionResult(
+            model=self.model,
+            series_instance_uid=volume.series_instance_uid,
+            frame_of_reference_uid=volume.frame_of_reference_uid,
+            source_images=volume.source_images,
+            nodules=tuple(nodules),
+        )
+
+    @staticmethod
+    def _nodule(
+        volume: CtVolume,
+        affine: npt.NDArray[np.float64],
+        lo: npt.NDArray[np.float64],
+        hi: npt.NDArray[np.float64],
+        score: float,
+    ) -> Nodule:
+        corners = np.array(
+            [[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+        )
+        world = (affine @ corners.T).T[:, :3]
+        centre = affine @ np.array([*((lo + hi) / 2.0), 1.0])
+        sides = (hi - lo) * np.linalg.norm(affine[:3, :3], axis=0)
+        column, row, plane = volume.voxel_index(centre[:3])
+        k = int(min(max(math.floor(plane + 0.5), 0), volume.shape[0] - 1))
+        return Nodule(
+            center=(float(centre[0]), float(centre[1]), float(centre[2])),
+            box_min=tuple(float(v) for v in world.min(axis=0)),  # type: ignore[arg-type]
+            box_max=tuple(float(v) for v in world.max(axis=0)),  # type: ignore[arg-type]
+            long_axis_mm=float(sides.max()),
+            volume_mm3=float(math.pi / 6.0 * np.prod(sides)),
+            confidence=min(max(score, 0.0), 1.0),
+            source_slice=volume.source_images[k],
+            center_pixel=(column, row),
+        )
+
+    def run_timed(self, paths: Sequence[str | Path]) -> tuple[Findings, dict[str, float]]:
+        timer = StageTimer()
+        volume = timer("load", lambda: self.load(paths))
+        image = timer("preprocess", lambda: self.preprocess(volume))
+        detections = timer("inference", lambda: self.infer(image))
+        result = timer("postprocess", lambda: self.postprocess(volume, image, detections))
+        return result, timer.seconds
+
+    def run(self, paths: Sequence[str | Path]) -> Findings:
+        return self.run_timed(paths)[0]

@@ -1,0 +1,81 @@
+"""Pipelines by name, built on verified installed weights.
+
+``get_pipeline(name, models_dir)`` loads (once per process, through ``models.loader``) the model the
+pipeline needs and raises ``PipelineNotInstalledError`` with the reason when the weights are missing
+or do not verify — the node then marks the job ``skipped`` with that reason. No code path here
+downloads anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.errors import ModelError
+from models.loader import InstalledModel, load_model
+from pipelines.base import Pipeline
+from pipelines.compute import Compute, select_compute
+from pipelines.ct_lung_nodules import BundleNoduleDetector, LungNoduleDetectionPipeline, NoduleSettings
+from pipelines.ct_vertebrae import BundleSegmenter, VertebraSegmentationPipeline, VertebraSettings
+from pipelines.cxr_classification import CxrClassificationPipeline
+from pipelines.errors import PipelineNotInstalledError
+from pipelines.findings import ModelInfo
+
+PIPELINE_MODELS: dict[str, str] = {
+    "cxr-classification": "txrv-densenet121-res224-all",
+    "ct-lung-nodules": "monai-lung-nodule-ct-detection",
+    "ct-vertebrae": "monai-wholebody-ct-segmentation",
+}
+PIPELINE_NAMES: tuple[str, ...] = tuple(PIPELINE_MODELS)
+
+
+def model_info(installed: InstalledModel) -> ModelInfo:
+    """Name, version (``site-…`` or ``scaffold-…`` if not published) and sha256, as results show them."""
+    return ModelInfo(
+        name=installed.name, version=installed.record.version, weights_sha256=installed.record.sha256
+    )
+
+
+def get_pipeline(name: str, models_dir: Path, compute: Compute | None = None) -> Pipeline:
+    """The named pipeline on its verified weights; ``PipelineNotInstalledError`` if they are not usable."""
+    if name not in PIPELINE_MODELS:
+        raise ValueError(f'Argument "name" must be one of {", ".join(PIPELINE_NAMES)}, got {name!r}.')
+    compute = compute or select_compute()
+    try:
+        installed = load_model(models_dir, PIPELINE_MODELS[name], compute.device)
+    except ModelError as exc:
+        raise PipelineNotInstalledError(name, str(exc)) from exc
+    info = model_info(installed)
+    data = installed.manifest.data
+    if name == "cxr-classification":
+        return CxrClassificationPipeline(
+            model=info,
+            classifier=installed.network,
+            labels=tuple(data["labels"]),
+            op_thresholds=tuple(float(t) for t in data["thresholds"]["op_threshs"]),
+            compute=compute,
+        )
+    if name == "ct-lung-nodules":
+        from models.lung_nodule_retinanet import build_lung_nodule_detector
+
+        inference, thresholds = data["inference"], data["thresholds"]
+        detector = build_lung_nodule_detector(
+            installed.network,  # type: ignore[arg-type]
+            feature_map_scales=inference["anchor_feature_map_scales"],
+            base_anchor_shapes=inference["base_anchor_shapes"],
+            score_thresh=thresholds["score_thresh"],
+            topk_candidates_per_level=thresholds["topk_candidates_per_level"],
+            nms_thresh=thresholds["nms_thresh"],
+            detections_per_img=thresholds["detections_per_img"],
+            roi_size=inference["roi_size"],
+            overlap=inference["overlap"],
+        )
+        return LungNoduleDetectionPipeline(
+            model=info,
+            detector=BundleNoduleDetector(detector, data, compute),
+            settings=NoduleSettings.from_manifest(data),
+        )
+    return VertebraSegmentationPipeline(
+        model=info,
+        segmenter=BundleSegmenter(installed.network, data, compute),
+        settings=VertebraSettings.from_manifest(data),
+    )
