@@ -372,6 +372,10 @@ from dicom_node.job_commands import register, status_extras  # noqa: E402
 
 register(app)
 
+from dicom_node.retention_commands import register as register_retention  # noqa: E402
+
+register_retention(app)
+
 
 def main() -> None:
     """Console-script entry point."""
