@@ -16,6 +16,7 @@ convention of MONAI's box/affine transforms. ``volume_mm3`` is the ellipsoid ins
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,9 @@ class BundleNoduleDetector:
         x = torch.as_tensor(image).float()
         x = ((x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min).clamp(b_min, b_max)
         use_inferer = self.force_sliding_window or x[0].numel() > self.roi_voxels
-        with self.compute.autocast():
+        with self.compute.autocast(), warnings.catch_warnings():
+            # MONAI 1.6 passes torch sizes through np.ceil (detector_utils.pad_images); NumPy 2 warns.
+            warnings.filterwarnings("ignore", "__array_wrap__ must accept context", DeprecationWarning)
             outputs = self.detector([x.to(self.compute.device)], use_inferer=use_inferer)
         out = outputs[0]
         return GridDetections(

@@ -113,7 +113,7 @@ def oracle_marker_detector(image) -> GridDetections:
     box [first − ½, last + ½] is centred on the marker to within half a grid voxel.
     """
     hu = torch.as_tensor(image)[0].numpy()
-    components, count = ndimage.label(hu > 1000.0)
+    components, _ = ndimage.label(hu > 1000.0)
     boxes, scores = [], []
     for i, found in enumerate(ndimage.find_objects(components), start=1):
         if found is None or hu[found][components[found] == i].max() < 2500.0:
