@@ -221,7 +221,7 @@ class NodeUnderTest:
             text=True,
             timeout=60,
         )
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0, f"storescu exit {result.returncode}: {result.stdout}{result.stderr}"
 
     def stop(self) -> None:
         for process in reversed(self.processes):
