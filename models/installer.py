@@ -95,9 +95,17 @@ def _by_architecture(state: OrderedDict[str, torch.Tensor], path: Path) -> str:
 
 
 def import_weights(
-    path: Path, models_dir: Path, *, model: str | None = None, site: bool = False
+    path: Path,
+    models_dir: Path,
+    *,
+    model: str | None = None,
+    site: bool = False,
+    published_only: bool = False,
 ) -> WeightsRecord:
-    """Install ``path`` as a model's weights after checking hashes and architecture; see module doc."""
+    """Install ``path`` as a model's weights after checking hashes and architecture; see module doc.
+
+    ``published_only`` (used by ``pull``) refuses anything but the published file.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     manifests = [load_manifest(models_dir, n) for n in ([model] if model else MODEL_NAMES)]
@@ -125,6 +133,11 @@ def import_weights(
             f"{path.name} (sha256 {source_sha256}, md5 {source_md5}) matches no published hash of {name}: "
             f"download the published file again (`dicom-node models pull {name}`), or pass --site if these "
             "are weights trained at this site"
+        )
+    if published_only and provenance not in ("published", "published-unpinned"):
+        raise UnrecognisedWeightsError(
+            f"{path.name} (sha256 {source_sha256}, md5 {source_md5}) matches no published hash of "
+            f"{name}: the URL or mirror serves another file; nothing was installed"
         )
     target = weights_path(models_dir, name)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +202,7 @@ def pull(
         source = url or (f"{mirror.rstrip('/')}/{official.rsplit('/', 1)[-1]}" if mirror else official)
         target = models_dir / name / "downloads" / official.rsplit("/", 1)[-1]
         download(source, target)
-        records.append(import_weights(target, models_dir, model=name))
+        records.append(import_weights(target, models_dir, model=name, published_only=True))
     return records
 
 
