@@ -19,8 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from dicom_node.config import ConfigError, Destination, Settings, load_settings, parse_address
-from dicom_node.errors import DicomNodeError
+from dicom_node.config import Destination, Settings, load_settings, parse_address
+from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.index.database import Database
 from dicom_node.index.models import AssociationRecord, Instance, Series, Study
 
@@ -268,13 +268,13 @@ def audit(
     for r in rows:
         table.add_row(
             str(r["id"]),
-            r["calling_ae_title"],
+            str(r["calling_ae_title"]),
             f"{r['peer_address']}:{r['peer_port']}",
-            r["started_at"] or "",
-            r["outcome"],
+            str(r["started_at"] or ""),
+            str(r["outcome"]),
             str(r["instances_accepted"]),
             str(r["instances_refused"]),
-            r["reason"] or "",
+            str(r["reason"] or ""),
         )
     console.print(table)
 

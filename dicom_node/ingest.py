@@ -277,7 +277,7 @@ class Ingest:
         received: ReceivedInstance,
         relative: str,
         written: StoredFile,
-        existing: Row[Any] | None,
+        existing: Row[int, str, str, int, int] | None,
         now: datetime,
         calling_ae_title: str | None,
         association_id: int | None,

@@ -12,11 +12,12 @@ import socket
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import EventHandlerType
 
 from dicom_node.config import AccessPolicy
 from dicom_node.edge.audit import AuditTrail
@@ -62,7 +63,7 @@ class EdgeHandlers:
     _in_flight: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
-    def bindings(self) -> list[tuple[Any, Any]]:
+    def bindings(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_CONN_OPEN, self.handle_conn_open),
             (evt.EVT_REQUESTED, self.handle_requested),
@@ -168,6 +169,7 @@ class EdgeHandlers:
     def _store(self, event: evt.Event) -> Dataset | int:
         record_id = self._records.get(event.assoc)
         request = event.request
+        assert isinstance(request, C_STORE)
         try:
             syntax = event.context.transfer_syntax
             if syntax.is_little_endian and not syntax.is_deflated:
