@@ -328,10 +328,10 @@ class _LegacyPickler(pickle._Pickler):  # the pure-Python pickler lets us write 
     def __init__(self, file: IO[bytes]) -> None:
         super().__init__(file, protocol=2)
         self.storages: dict[str, torch.Tensor] = {}
-        self.dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
-        self.dispatch[_Global] = _LegacyPickler._save_fake_global
-        self.dispatch[_FakeObject] = _LegacyPickler._save_fake_object
-        self.dispatch[_FakeTensor] = _LegacyPickler._save_fake_tensor
+        self.dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[misc]
+        self.dispatch[_Global] = _LegacyPickler._save_fake_global  # type: ignore[assignment]
+        self.dispatch[_FakeObject] = _LegacyPickler._save_fake_object  # type: ignore[assignment]
+        self.dispatch[_FakeTensor] = _LegacyPickler._save_fake_tensor  # type: ignore[assignment]
 
     def _save_fake_global(self, obj: _Global) -> None:
         self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())  # type: ignore[attr-defined]

@@ -39,7 +39,8 @@ class DenseLayer(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(features, 1)
         x = self.conv1(self.relu1(self.norm1(x)))
-        return self.conv2(self.relu2(self.norm2(x)))
+        out: torch.Tensor = self.conv2(self.relu2(self.norm2(x)))
+        return out
 
 
 class DenseBlock(nn.ModuleDict):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monai.networks.nets import SegResNet
+from monai.networks.nets.segresnet import SegResNet
 
 
 def build_wholebody_segresnet() -> SegResNet:
@@ -12,7 +12,7 @@ def build_wholebody_segresnet() -> SegResNet:
         in_channels=1,
         out_channels=105,
         init_filters=32,
-        blocks_down=[1, 2, 2, 4],
-        blocks_up=[1, 1, 1],
+        blocks_down=(1, 2, 2, 4),
+        blocks_up=(1, 1, 1),
         dropout_prob=0.2,
     )

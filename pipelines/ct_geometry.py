@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.transforms import Orientation, Spacing
+from monai.transforms.spatial.array import Orientation, Spacing
 
 from pipelines.io import LPS_TO_RAS, CtVolume
 

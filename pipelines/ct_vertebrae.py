@@ -68,7 +68,7 @@ class VertebraSettings:
 
 def bundle_intensity(image: torch.Tensor) -> torch.Tensor:
     """``NormalizeIntensity(nonzero=True)`` then ``ScaleIntensity(minv=-1, maxv=1)``, as the bundle."""
-    from monai.transforms import NormalizeIntensity, ScaleIntensity
+    from monai.transforms.intensity.array import NormalizeIntensity, ScaleIntensity
 
     x = NormalizeIntensity(nonzero=True)(image)
     return torch.as_tensor(ScaleIntensity(minv=-1.0, maxv=1.0)(x))
@@ -78,7 +78,7 @@ class BundleSegmenter:
     """The bundle's inference on one HU volume on its 1.5 mm grid."""
 
     def __init__(self, network: torch.nn.Module, manifest_data: dict[str, Any], compute: Compute) -> None:
-        from monai.inferers import SlidingWindowInferer
+        from monai.inferers.inferer import SlidingWindowInferer
 
         inference = manifest_data["inference"]
         self.network = network

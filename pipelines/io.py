@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from pipelines.errors import PipelineInputError
 from pipelines.findings import ImageReference
@@ -95,7 +95,7 @@ class CtVolume:
     def to_metatensor(self) -> Any:
         """The volume as MONAI sees it: a (1, columns, rows, slices) ``MetaTensor`` with a RAS affine."""
         import torch
-        from monai.data import MetaTensor
+        from monai.data.meta_tensor import MetaTensor
 
         array = torch.from_numpy(np.ascontiguousarray(self.voxels.transpose(2, 1, 0)))[None]
         affine = torch.as_tensor(LPS_TO_RAS @ self.affine_lps, dtype=torch.float64)
