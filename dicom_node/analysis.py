@@ -23,6 +23,7 @@ import io
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -329,13 +330,7 @@ def run_job(context: WorkerContext, job_id: int) -> JobOutcome:
         LOG.warning("job %d skipped: %s", job_id, error)
         return JobOutcome.SKIPPED
     except (OperationalError, TransientJobError) as error:
-        with context.database.session() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.claim_token == token)
-                .values(state=JobState.QUEUED, error=f"transient: {error}", claim_token=None),
-                execution_options={"synchronize_session": False},
-            )
+        _release(context, job_id, token, f"transient: {error}")
         raise
     except Exception as error:
         _finish(context, job_id, token, JobState.FAILED, f"{type(error).__name__}: {error}")
@@ -380,3 +375,20 @@ def _is_not_installed(error: Exception) -> bool:
     except ImportError:
         return False
     return isinstance(error, PipelineNotInstalledError)
+
+
+def _release(context: WorkerContext, job_id: int, token: str, error: str) -> None:
+    """Put a claimed job back to ``queued`` for Celery's retry; if even that fails, the lease expires."""
+    for attempt in range(3):
+        try:
+            with context.database.session() as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.claim_token == token)
+                    .values(state=JobState.QUEUED, error=error, claim_token=None),
+                    execution_options={"synchronize_session": False},
+                )
+            return
+        except OperationalError:  # SQLite "database is locked" under several writer processes
+            time.sleep(0.2 * (attempt + 1))
+    LOG.warning("job %d: could not release the claim; the reconciler re-queues it after the lease", job_id)
