@@ -377,6 +377,16 @@ from dicom_node.retention_commands import register as register_retention  # noqa
 register_retention(app)
 
 
+def _mount_models(argv: list[str]) -> None:
+    # The models sub-app imports torch; mount it only when it can be used, so that ``serve`` and the
+    # rest of the CLI (the DICOM edge above all) never load torch.
+    if not argv or argv[0] in {"models", "--help", "-h"}:
+        from dicom_node.model_commands import app as models_app
+
+        app.add_typer(models_app, name="models")
+
+
 def main() -> None:
     """Console-script entry point."""
+    _mount_models(sys.argv[1:])
     app()
