@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -22,7 +23,7 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection, Row, case, insert, select, update
+from sqlalchemy import Connection, DateTime, Row, bindparam, insert, text, update
 from sqlalchemy.exc import IntegrityError
 
 from dicom_node.errors import InvalidIdentifierError, UnreadableDatasetError
@@ -40,15 +41,47 @@ from dicom_node.store import InstanceStore, StoredFile, validate_uid
 LOG = logging.getLogger(__name__)
 
 
+# The statements run for every received instance, written once as SQL text with typed parameters:
+# building and cache-keying the equivalent expression objects cost more than executing them.
+_TIME = DateTime(timezone=True)
+_SELECT_INSTANCE = text(
+    "SELECT id, sha256, path, size, series_id FROM instance WHERE sop_instance_uid = :uid"
+)
+_SELECT_STUDY = text("SELECT id, modalities FROM study WHERE study_instance_uid = :uid")
+_SELECT_SERIES = text("SELECT id, study_id FROM series WHERE series_instance_uid = :uid")
+_INSERT_INSTANCE = text(
+    "INSERT INTO instance (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+    " instance_number, path, size, sha256, version, calling_ae_title, association_id, received_at)"
+    " VALUES (:series_id, :sop_instance_uid, :sop_class_uid, :transfer_syntax_uid, :instance_number,"
+    " :path, :size, :sha256, 1, :calling_ae_title, :association_id, :received_at)"
+).bindparams(bindparam("received_at", type_=_TIME))
+_UPDATE_SERIES = text(
+    "UPDATE series SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
+    " last_received_at = :now, state = :receiving, stable_at = NULL WHERE id = :id"
+).bindparams(bindparam("now", type_=_TIME))
+# A late instance re-opens a complete study; assembly closes it again as a new revision.
+_UPDATE_STUDY = text(
+    "UPDATE study SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
+    " num_series = num_series + :new_series, last_received_at = :now,"
+    " state = CASE WHEN state = :complete THEN :updated ELSE state END,"
+    " calling_ae_title = COALESCE(:calling, calling_ae_title), modalities = COALESCE(:modalities, modalities)"
+    " WHERE id = :id"
+).bindparams(bindparam("now", type_=_TIME))
+
+
 class StoreOutcome(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"
     REPLACED = "replaced"
 
 
-def _raw_uid(ds: Dataset, keyword: str) -> str | None:
-    """A UI value exactly as received, without pydicom's conversion (which warns on bad values and
-    would let a warnings filter decide the DICOM status); validation is ``validate_uid``'s job."""
+def _raw_value(ds: Dataset, keyword: str) -> str | None:
+    """A text value exactly as received, without pydicom's conversion.
+
+    Conversion validates (and warns about) every value and dominates the handler's time; the index only
+    needs the text. Non-ASCII bytes fall back to pydicom, which decodes them with the data set's
+    Specific Character Set. Multiple values stay joined by backslashes, as encoded.
+    """
     tag = tag_for_keyword(keyword)
     if tag is None or tag not in ds:
         return None
@@ -57,41 +90,51 @@ def _raw_uid(ds: Dataset, keyword: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, bytes):
-        return value.decode("ascii", errors="replace")
-    return str(value)
+        try:
+            return value.decode("ascii").rstrip("\x00 ")
+        except UnicodeDecodeError:
+            value = ds.get(keyword)
+    if isinstance(value, list | tuple) or (hasattr(value, "__iter__") and not isinstance(value, str)):
+        return "\\".join(str(v) for v in value)
+    return str(value).rstrip("\x00 ")
+
+
+def _raw_uid(ds: Dataset, keyword: str) -> str | None:
+    """A UI value as received: validation is ``validate_uid``'s job, not a warnings filter's."""
+    return _raw_value(ds, keyword)
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
+    text = _raw_value(ds, keyword)
+    return text[:limit].strip() or None if text else None
+
+
+def _numbers(ds: Dataset, keyword: str) -> list[float] | None:
+    text = _raw_value(ds, keyword)
+    if not text:
         return None
-    if isinstance(value, list | tuple) or (hasattr(value, "__iter__") and not isinstance(value, str)):
-        text = "\\".join(str(v) for v in value)
-    else:
-        text = str(value)
-    return text[:limit] or None
+    try:
+        return [float(part) for part in text.split("\\")]
+    except ValueError:
+        return None
+
+
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    value = _number(ds, keyword)
+    return int(value) if value is not None else None
 
 
 def _number(ds: Dataset, keyword: str) -> float | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    values = _numbers(ds, keyword)
+    return values[0] if values else None
 
 
 def orientation_of(ds: Dataset) -> str | None:
     """axial / coronal / sagittal / oblique from Image Orientation (Patient), if present."""
-    iop = ds.get("ImageOrientationPatient")
+    iop = _numbers(ds, "ImageOrientationPatient")
     if iop is None or len(iop) != 6:
         return None
-    try:
-        r = [float(v) for v in iop[:3]]
-        c = [float(v) for v in iop[3:]]
-    except (TypeError, ValueError):
-        return None
+    r, c = iop[:3], iop[3:]
     normal = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
     axis = max(range(3), key=lambda i: abs(normal[i]))
     if abs(normal[axis]) < 0.8:
@@ -138,9 +181,8 @@ def describe_instance(
             raise InvalidIdentifierError(
                 "SOP Class UID (0008,0016) in the data set differs from Affected SOP Class UID"
             )
-        number = ds.get("InstanceNumber")
-        instance_number = int(number) if number not in (None, "") else None
-        series_number = ds.get("SeriesNumber")
+        instance_number = _integer(ds, "InstanceNumber")
+        series_number = _integer(ds, "SeriesNumber")
         study = {
             "patient_id": _text(ds, "PatientID"),
             "accession_number": _text(ds, "AccessionNumber"),
@@ -152,7 +194,7 @@ def describe_instance(
             "modality": _text(ds, "Modality", 16),
             "body_part_examined": _text(ds, "BodyPartExamined"),
             "series_description": _text(ds, "SeriesDescription"),
-            "series_number": int(series_number) if series_number not in (None, "") else None,
+            "series_number": series_number,
             "series_date": _text(ds, "SeriesDate", 8),
             "protocol_name": _text(ds, "ProtocolName"),
             "image_type": _text(ds, "ImageType", 128),
@@ -199,16 +241,17 @@ class Ingest:
     def store_encoded(
         self,
         received: ReceivedInstance,
-        encoded: bytes | memoryview,
+        encoded: bytes | memoryview | Sequence[bytes | memoryview],
         *,
         calling_ae_title: str | None = None,
         association_id: int | None = None,
     ) -> StoreResult:
-        """Write ``encoded`` (a complete DICOM file: preamble, meta, data set) and index it."""
+        """Write ``encoded`` (a complete DICOM file, or its parts in order) and index it."""
         relative = self.store.relative_path(
             received.study_instance_uid, received.series_instance_uid, received.sop_instance_uid
         )
-        tmp_path, written = self.store.write_temporary(encoded)
+        parts = [encoded] if isinstance(encoded, bytes | bytearray | memoryview) else list(encoded)
+        tmp_path, written = self.store.write_temporary(parts)
         try:
             with self._lock:
                 for attempt in range(3):
@@ -237,11 +280,7 @@ class Ingest:
         # write lock, and five plain statements cost a fraction of the ORM's unit of work.
         now = utcnow()
         with self.database.engine.connect() as conn:
-            existing = conn.execute(
-                select(Instance.id, Instance.sha256, Instance.path, Instance.size, Instance.series_id).where(
-                    Instance.sop_instance_uid == received.sop_instance_uid
-                )
-            ).first()
+            existing = conn.execute(_SELECT_INSTANCE, {"uid": received.sop_instance_uid}).first()
             on_disk = existing is not None and self.store.path(existing.path).exists()
             if on_disk and existing is not None and existing.sha256 == written.sha256:
                 return StoreResult(StoreOutcome.DUPLICATE, received.sop_instance_uid, written.size)
@@ -282,9 +321,7 @@ class Ingest:
         calling_ae_title: str | None,
         association_id: int | None,
     ) -> StoreOutcome:
-        study_row = conn.execute(
-            select(Study.id, Study.modalities).where(Study.study_instance_uid == received.study_instance_uid)
-        ).first()
+        study_row = conn.execute(_SELECT_STUDY, {"uid": received.study_instance_uid}).first()
         if study_row is None:
             study_id = conn.execute(
                 insert(Study).returning(Study.id),
@@ -305,11 +342,7 @@ class Ingest:
             modalities_text = ""
         else:
             study_id, modalities_text = study_row
-        series_row = conn.execute(
-            select(Series.id, Series.study_id).where(
-                Series.series_instance_uid == received.series_instance_uid
-            )
-        ).first()
+        series_row = conn.execute(_SELECT_SERIES, {"uid": received.series_instance_uid}).first()
         new_series = series_row is None
         if series_row is None:
             series_id = conn.execute(
@@ -334,7 +367,7 @@ class Ingest:
 
         if existing is None:
             conn.execute(
-                insert(Instance),
+                _INSERT_INSTANCE,
                 {
                     "series_id": series_id,
                     "sop_instance_uid": received.sop_instance_uid,
@@ -344,7 +377,6 @@ class Ingest:
                     "path": relative,
                     "size": written.size,
                     "sha256": written.sha256,
-                    "version": 1,
                     "calling_ae_title": calling_ae_title,
                     "association_id": association_id,
                     "received_at": now,
@@ -369,29 +401,31 @@ class Ingest:
                 )
             )
         conn.execute(
-            update(Series)
-            .where(Series.id == series_id)
-            .values(
-                num_instances=Series.num_instances + added,
-                total_bytes=Series.total_bytes + delta,
-                last_received_at=now,
-                state=SeriesState.RECEIVING,
-                stable_at=None,
-            )
+            _UPDATE_SERIES,
+            {
+                "added": added,
+                "delta": delta,
+                "now": now,
+                "receiving": SeriesState.RECEIVING.value,
+                "id": series_id,
+            },
         )
-        study_values: dict[str, Any] = {
-            "num_instances": Study.num_instances + added,
-            "total_bytes": Study.total_bytes + delta,
-            "num_series": Study.num_series + (1 if new_series else 0),
-            "last_received_at": now,
-            # A late instance re-opens a complete study; assembly closes it again as a new revision.
-            "state": case((Study.state == StudyState.COMPLETE, StudyState.UPDATED.value), else_=Study.state),
-        }
-        if calling_ae_title:
-            study_values["calling_ae_title"] = calling_ae_title
         modality = received.series.get("modality")
         modalities = set(filter(None, (modalities_text or "").split("\\")))
-        if modality and modality not in modalities:
-            study_values["modalities"] = "\\".join(sorted(modalities | {modality}))
-        conn.execute(update(Study).where(Study.id == study_id).values(**study_values))
+        conn.execute(
+            _UPDATE_STUDY,
+            {
+                "added": added,
+                "delta": delta,
+                "new_series": 1 if new_series else 0,
+                "now": now,
+                "complete": StudyState.COMPLETE.value,
+                "updated": StudyState.UPDATED.value,
+                "calling": calling_ae_title or None,
+                "modalities": "\\".join(sorted(modalities | {modality}))
+                if modality and modality not in modalities
+                else None,
+                "id": study_id,
+            },
+        )
         return outcome

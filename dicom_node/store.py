@@ -17,7 +17,7 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,18 +84,29 @@ class InstanceStore:
     def path(self, relative_path: str) -> Path:
         return self.root / relative_path
 
-    def write_temporary(self, data: bytes | memoryview) -> tuple[Path, StoredFile]:
-        """Write ``data`` to a fresh temporary file and fsync it; the caller commits or discards it."""
-        self._check_space(len(data))
+    def write_temporary(self, parts: Sequence[bytes | memoryview]) -> tuple[Path, StoredFile]:
+        """Write ``parts`` one after another to a fresh temporary file and fsync it.
+
+        The caller commits or discards it. Parts are written with ``writev``, so a received data set is
+        never copied into one buffer with its header.
+        """
+        size = sum(len(part) for part in parts)
+        self._check_space(size)
         tmp_path = self.tmp / f"{secrets.token_hex(8)}.part"
-        digest = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                pending = [memoryview(part) for part in parts if len(part)]
+                while pending:
+                    written = os.writev(fd, pending)
+                    while pending and written >= len(pending[0]):
+                        written -= len(pending[0])
+                        pending.pop(0)
+                    if pending and written:
+                        pending[0] = pending[0][written:]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -104,7 +115,7 @@ class InstanceStore:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFullError("storage is full: no space left to write the instance") from error
             raise
-        return tmp_path, StoredFile(relative_path="", size=len(data), sha256=digest)
+        return tmp_path, StoredFile(relative_path="", size=size, sha256=digest.hexdigest())
 
     def commit(self, tmp_path: Path, relative_path: str) -> Path:
         """Atomically move a written temporary file to its final place and make the rename durable."""

@@ -12,6 +12,7 @@ import socket
 import threading
 import weakref
 from dataclasses import dataclass, field
+from io import BytesIO
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -25,6 +26,7 @@ from dicom_node.errors import IngestError, UnreadableDatasetError
 from dicom_node.index.models import AssociationOutcome
 from dicom_node.ingest import Ingest, describe_instance
 from dicom_node.integrity import check_complete
+from dicom_node.part10 import PREAMBLE, file_meta
 
 LOG = logging.getLogger(__name__)
 
@@ -172,25 +174,29 @@ class EdgeHandlers:
         assert isinstance(request, C_STORE)
         try:
             syntax = event.context.transfer_syntax
-            if syntax.is_little_endian and not syntax.is_deflated:
-                with event.request.DataSet.getbuffer() as raw:  # type: ignore[union-attr]
+            dataset_stream = request.DataSet
+            assert isinstance(dataset_stream, BytesIO)
+            with dataset_stream.getbuffer() as raw:
+                if syntax.is_little_endian and not syntax.is_deflated:
                     check_complete(raw, implicit_vr=syntax.is_implicit_VR)
-            try:
-                ds = event.dataset
-            except Exception as error:  # truncated or corrupt stream
-                raise UnreadableDatasetError(f"cannot decode data set: {error}") from error
-            received = describe_instance(
-                ds,
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                requested_sop_class_uid=str(request.AffectedSOPClassUID or ""),
-                requested_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
-            )
-            result = self.ingest.store_encoded(
-                received,
-                event.encoded_dataset(include_meta=True),
-                calling_ae_title=event.assoc.requestor.ae_title.strip(),
-                association_id=record_id,
-            )
+                try:
+                    ds = event.dataset
+                except Exception as error:  # truncated or corrupt stream
+                    raise UnreadableDatasetError(f"cannot decode data set: {error}") from error
+                received = describe_instance(
+                    ds,
+                    transfer_syntax_uid=str(syntax),
+                    requested_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                    requested_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                )
+                calling = event.assoc.requestor.ae_title.strip()
+                meta = file_meta(received.sop_class_uid, received.sop_instance_uid, str(syntax), calling)
+                result = self.ingest.store_encoded(
+                    received,
+                    [PREAMBLE, meta, raw],
+                    calling_ae_title=calling,
+                    association_id=record_id,
+                )
         except IngestError as error:
             if record_id is not None:
                 self.audit.refused(record_id)
