@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy import func, select
 
+from dicom_node.cli_support import console, errors, open_database
 from dicom_node.config import Destination, Settings, load_settings, parse_address
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.index.database import Database
@@ -27,8 +27,6 @@ from dicom_node.index.models import AssociationRecord, Instance, Series, Study
 app = typer.Typer(help="A DICOM node that receives, analyses and returns studies.", no_args_is_help=True)
 db_app = typer.Typer(help="Index database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-console = Console()
-errors = Console(stderr=True)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file.", exists=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -40,16 +38,6 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     except ConfigError as error:
         errors.print(f"[red]configuration error:[/red] {error}")
         raise typer.Exit(2) from None
-
-
-def _database(settings: Settings) -> Database:
-    database = Database(settings.effective_database_url)
-    try:
-        database.upgrade()
-    except Exception as error:
-        errors.print(f"[red]cannot open the index database:[/red] {error}")
-        raise typer.Exit(1) from None
-    return database
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -149,7 +137,7 @@ def studies(
 ) -> None:
     """List received studies."""
     settings = _settings(config)
-    database = _database(settings)
+    database = open_database(settings)
     with database.sessions() as session:
         query = select(Study).order_by(Study.last_received_at.desc())
         if state:
@@ -207,7 +195,7 @@ def status_document(database: Database) -> dict[str, Any]:
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Show what the node holds and what it is doing."""
     settings = _settings(config)
-    database = _database(settings)
+    database = open_database(settings)
     document = status_document(database)
     document.update(status_extras(settings, database))
     document["destinations"] = [
@@ -238,7 +226,7 @@ def audit(
 ) -> None:
     """Show the association audit trail (newest first)."""
     settings = _settings(config)
-    database = _database(settings)
+    database = open_database(settings)
     with database.sessions() as session:
         records = session.scalars(
             select(AssociationRecord).order_by(AssociationRecord.id.desc()).limit(limit)
@@ -364,7 +352,7 @@ def send(
 def db_upgrade(config: ConfigOption = None) -> None:
     """Create or migrate the index schema to the newest revision."""
     settings = _settings(config)
-    database = _database(settings)
+    database = open_database(settings)
     console.print(f"index at schema revision {database.current_revision()}")
 
 

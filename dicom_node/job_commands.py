@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import delete, func, select, update
 
+from dicom_node.cli_support import console, errors, open_database
 from dicom_node.config import Settings, load_settings
 from dicom_node.errors import ConfigError
 from dicom_node.index.database import Database
@@ -35,8 +35,6 @@ from dicom_node.index.models import (
 )
 from dicom_node.reconciler import JobSettings, as_aware
 
-console = Console()
-errors = Console(stderr=True)
 PIPELINES = ("cxr-classification", "ct-lung-nodules", "ct-vertebrae")
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file.", exists=False)]
@@ -51,16 +49,6 @@ def _settings(config: Path | None) -> Settings:
         errors.print(f"[red]configuration error:[/red] {error}")
         raise typer.Exit(2) from None
     return settings
-
-
-def _database(settings: Settings) -> Database:
-    database = Database(settings.effective_database_url)
-    try:
-        database.upgrade()
-    except Exception as error:
-        errors.print(f"[red]cannot open the index database:[/red] {error}")
-        raise typer.Exit(1) from None
-    return database
 
 
 def _iso(value: Any) -> str | None:
@@ -327,7 +315,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List analysis jobs and their deliveries (newest first)."""
         settings = _settings(config)
-        database = _database(settings)
+        database = open_database(settings)
         with database.sessions() as session:
             query = select(Job).order_by(Job.id.desc())
             if state:
@@ -365,7 +353,7 @@ def register(app: typer.Typer) -> None:
             errors.print("[red]give job ids or --failed[/red]")
             raise typer.Exit(2)
         settings = _settings(config)
-        database = _database(settings)
+        database = open_database(settings)
         jobs_again, deliveries_again = retry_rows(database, job_ids or [], failed)
         _ring(settings, jobs_again, deliveries_again)
         console.print(f"queued {len(jobs_again)} jobs and {len(deliveries_again)} deliveries again")
@@ -380,7 +368,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Analyse a study again and send its results again."""
         settings = _settings(config)
-        database = _database(settings)
+        database = open_database(settings)
         try:
             ids = reprocess_study(database, settings, study_uid, pipeline)
         except LookupError as error:

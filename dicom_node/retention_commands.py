@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from dicom_node.cli_support import console, errors, open_database
 from dicom_node.config import Settings, load_settings
 from dicom_node.errors import ConfigError
-from dicom_node.index.database import Database
 from dicom_node.index.models import utcnow
 from dicom_node.retention import (
     RetentionPolicy,
@@ -36,9 +35,6 @@ from dicom_node.retention import (
     as_aware,
     review,
 )
-
-console = Console()
-errors = Console(stderr=True)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file.", exists=False)]
 
@@ -71,16 +67,6 @@ def _settings(config: Path | None, days: float | None) -> Settings:
     return settings
 
 
-def _database(settings: Settings) -> Database:
-    database = Database(settings.effective_database_url)
-    try:
-        database.upgrade()
-    except Exception as error:
-        errors.print(f"[red]cannot open the index database:[/red] {error}")
-        raise typer.Exit(1) from None
-    return database
-
-
 def register(app: typer.Typer) -> None:
     """Add ``retention`` to ``app``."""
 
@@ -102,7 +88,7 @@ def register(app: typer.Typer) -> None:
         """Delete received images N days after their results were delivered (dry run by default)."""
         settings = _settings(config, days)
         policy = RetentionPolicy.from_settings(settings)
-        database = _database(settings)
+        database = open_database(settings)
         try:
             for uid in acknowledge or []:
                 try:

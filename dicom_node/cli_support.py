@@ -1,0 +1,23 @@
+"""What every ``dicom-node`` command module shares: the two consoles and opening the index."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from dicom_node.config import Settings
+from dicom_node.index.database import Database
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def open_database(settings: Settings) -> Database:
+    """The index, migrated to the newest schema; exit code 1 with the reason when it cannot be opened."""
+    database = Database(settings.effective_database_url)
+    try:
+        database.upgrade()
+    except Exception as error:
+        errors.print(f"[red]cannot open the index database:[/red] {error}")
+        raise typer.Exit(1) from None
+    return database
