@@ -109,7 +109,8 @@ def test_flushdb_while_jobs_are_queued_loses_nothing(tmp_path, redis_db, pacs, n
     for _uid, files in studies:
         node.send(files)
     wait_for(lambda: len(j := _rows(node, Job)) == 3 and all(x.queued_at for x in j), 60, "three queued jobs")
-    assert redis_db.llen("gpu") >= 3
+    # The rows commit before the messages are published (the database is the truth), so poll.
+    wait_for(lambda: redis_db.llen("gpu") >= 3, 30, "three messages on the gpu queue")
     redis_db.flushdb()
     node.worker(pipeline_seconds=0.05)
     wait_for(lambda: _all_delivered(node, 3), 60, "all jobs after FLUSHDB")
