@@ -34,13 +34,6 @@ class CompletedStudy:
     forced: bool
 
 
-def _as_aware(value: datetime) -> datetime:
-    # SQLite returns naive datetimes even for timezone-aware columns; every stored value is UTC.
-    from datetime import UTC
-
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _route_matches(route: Mapping[str, Any], study: Study) -> bool:
     match = route.get("match", {})
     modalities = set(filter(None, study.modalities.split("\\")))
@@ -90,8 +83,8 @@ def assemble(database: Database, settings: Settings, now: datetime | None = None
             select(Study).where(Study.state.in_([StudyState.RECEIVING, StudyState.UPDATED]))
         ).all()
         for study in open_studies:
-            quiet = (now - _as_aware(study.last_received_at)).total_seconds()
-            age = (now - _as_aware(study.first_received_at)).total_seconds()
+            quiet = (now - study.last_received_at).total_seconds()
+            age = (now - study.first_received_at).total_seconds()
             forced = age >= settings.max_study_age
             if quiet < study_window(study, settings) and not forced:
                 continue

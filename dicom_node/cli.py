@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from dicom_node.cli_support import console, errors, open_database
+from dicom_node.cli_support import console, errors, iso, open_database
 from dicom_node.config import Destination, Settings, load_settings, parse_address
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.index.database import Database
@@ -38,13 +37,6 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     except ConfigError as error:
         errors.print(f"[red]configuration error:[/red] {error}")
         raise typer.Exit(2) from None
-
-
-def _iso(value: datetime | None) -> str | None:
-    # SQLite hands back naive datetimes; every stored value is UTC.
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 def _configure_logging(level: str) -> None:
@@ -109,9 +101,9 @@ def _study_row(study: Study) -> dict[str, Any]:
         "num_series": study.num_series,
         "num_instances": study.num_instances,
         "total_bytes": study.total_bytes,
-        "first_received_at": _iso(study.first_received_at),
-        "last_received_at": _iso(study.last_received_at),
-        "completed_at": _iso(study.completed_at),
+        "first_received_at": iso(study.first_received_at),
+        "last_received_at": iso(study.last_received_at),
+        "completed_at": iso(study.completed_at),
         "series": [
             {
                 "series_instance_uid": s.series_instance_uid,
@@ -185,7 +177,7 @@ def status_document(database: Database) -> dict[str, Any]:
         "series": series_count,
         "instances": int(totals[0]),
         "bytes": int(totals[1]),
-        "last_received_at": _iso(last),
+        "last_received_at": iso(last),
         "database": database.engine.url.render_as_string(hide_password=True),
         "schema_revision": database.current_revision(),
     }
@@ -239,8 +231,8 @@ def audit(
                 "peer_address": r.peer_address,
                 "peer_port": r.peer_port,
                 "tls": r.tls,
-                "started_at": _iso(r.started_at),
-                "ended_at": _iso(r.ended_at),
+                "started_at": iso(r.started_at),
+                "ended_at": iso(r.ended_at),
                 "outcome": r.outcome,
                 "reason": r.reason,
                 "instances_accepted": r.instances_accepted,

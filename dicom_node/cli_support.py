@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import typer
 from rich.console import Console
 
@@ -10,6 +12,11 @@ from dicom_node.index.database import Database
 
 console = Console()
 errors = Console(stderr=True)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 for ``--json`` output (index timestamps are timezone-aware UTC)."""
+    return value.isoformat() if value is not None else None
 
 
 def open_database(settings: Settings) -> Database:

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection, DateTime, Row, bindparam, insert, text, update
+from sqlalchemy import Connection, Row, bindparam, insert, text, update
 from sqlalchemy.exc import IntegrityError
 
 from dicom_node.errors import InvalidIdentifierError, UnreadableDatasetError
@@ -34,6 +34,7 @@ from dicom_node.index.models import (
     SeriesState,
     Study,
     StudyState,
+    UtcDateTime,
     utcnow,
 )
 from dicom_node.store import InstanceStore, StoredFile, validate_uid
@@ -43,7 +44,7 @@ LOG = logging.getLogger(__name__)
 
 # The statements run for every received instance, written once as SQL text with typed parameters:
 # building and cache-keying the equivalent expression objects cost more than executing them.
-_TIME = DateTime(timezone=True)
+_TIME = UtcDateTime()
 _SELECT_INSTANCE = text(
     "SELECT id, sha256, path, size, series_id FROM instance WHERE sop_instance_uid = :uid"
 )

@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 from sqlalchemy import delete, func, select, update
 
-from dicom_node.cli_support import console, errors, open_database
+from dicom_node.cli_support import console, errors, iso, open_database
 from dicom_node.config import Settings, load_settings
 from dicom_node.errors import ConfigError
 from dicom_node.index.database import Database
@@ -33,7 +33,7 @@ from dicom_node.index.models import (
     WorkerRecord,
     utcnow,
 )
-from dicom_node.reconciler import JobSettings, as_aware
+from dicom_node.reconciler import JobSettings
 
 PIPELINES = ("cxr-classification", "ct-lung-nodules", "ct-vertebrae")
 
@@ -49,11 +49,6 @@ def _settings(config: Path | None) -> Settings:
         errors.print(f"[red]configuration error:[/red] {error}")
         raise typer.Exit(2) from None
     return settings
-
-
-def _iso(value: Any) -> str | None:
-    aware = as_aware(value)
-    return aware.isoformat() if aware is not None else None
 
 
 def _ring(settings: Settings, job_ids: Sequence[int], delivery_ids: Sequence[int]) -> None:
@@ -82,11 +77,11 @@ def job_row(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "error": job.error,
         "worker_host": job.worker_host,
-        "created_at": _iso(job.created_at),
-        "queued_at": _iso(job.queued_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "lease_expires_at": _iso(job.lease_expires_at),
+        "created_at": iso(job.created_at),
+        "queued_at": iso(job.queued_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "lease_expires_at": iso(job.lease_expires_at),
         "results": [r.sop_instance_uid for r in job.results],
         "deliveries": [
             {
@@ -96,8 +91,8 @@ def job_row(job: Job) -> dict[str, Any]:
                 "attempts": d.attempts,
                 "failures": d.failures,
                 "error": d.error,
-                "next_attempt_at": _iso(d.next_attempt_at),
-                "delivered_at": _iso(d.delivered_at),
+                "next_attempt_at": iso(d.next_attempt_at),
+                "delivered_at": iso(d.delivered_at),
             }
             for d in job.deliveries
         ],
@@ -249,11 +244,11 @@ def status_extras(settings: Settings, database: Database) -> dict[str, Any]:
                 "name": w.name,
                 "queues": w.queues.split(","),
                 "concurrency": w.concurrency,
-                "started_at": _iso(w.started_at),
-                "last_seen_at": _iso(w.last_seen_at),
+                "started_at": iso(w.started_at),
+                "last_seen_at": iso(w.last_seen_at),
             }
             for w in session.scalars(select(WorkerRecord).order_by(WorkerRecord.name)).all()
-            if (as_aware(w.last_seen_at) or seen_since) >= seen_since
+            if (w.last_seen_at or seen_since) >= seen_since
         ]
         not_routed = (
             session.scalar(select(func.count(Study.id)).where(Study.routing_reason.is_not(None))) or 0

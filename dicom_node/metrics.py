@@ -26,16 +26,14 @@ from sqlalchemy import func, select
 from dicom_node.config import Settings
 from dicom_node.index.database import Database
 from dicom_node.index.models import Delivery, DeliveryState, Instance, Job, JobState
-from dicom_node.reconciler import as_aware
 
 STAGES = ("queued", "waiting", "analysis", "delivery")
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    a, b = as_aware(start), as_aware(end)
-    if a is None or b is None:
+    if start is None or end is None:
         return None
-    return max((b - a).total_seconds(), 0.0)
+    return max((end - start).total_seconds(), 0.0)
 
 
 def stage_durations(database: Database) -> dict[str, list[float]]:

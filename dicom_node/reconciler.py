@@ -87,15 +87,6 @@ class JobSettings:
         return cls(**values)
 
 
-def as_aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every stored value is UTC."""
-    from datetime import UTC
-
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 class Doorbell(Protocol):
     """What the reconciler needs from the queue: ring for a job or a delivery (``tasks.TaskQueue``)."""
 

@@ -30,10 +30,10 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, delete, select, update
+from sqlalchemy import BigInteger, ForeignKey, Integer, delete, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from dicom_node.config import Settings
@@ -49,6 +49,7 @@ from dicom_node.index.models import (
     Series,
     Study,
     StudyState,
+    UtcDateTime,
     utcnow,
 )
 from dicom_node.store import SUPERSEDED_DIR
@@ -66,9 +67,9 @@ class StudyRetention(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), unique=True)
     acknowledged_revision: Mapped[int | None] = mapped_column(Integer)
-    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     purged_revision: Mapped[int | None] = mapped_column(Integer)
-    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     purged_instances: Mapped[int] = mapped_column(Integer, default=0)
     purged_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
@@ -156,11 +157,6 @@ class PurgeReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def as_aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored value is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 _ACTIVE_JOBS = frozenset({JobState.QUEUED, JobState.RUNNING})
 _ACTIVE_DELIVERIES = frozenset({DeliveryState.PENDING, DeliveryState.SENDING})
 
@@ -205,7 +201,7 @@ def judge_study(facts: StudyFacts, policy: RetentionPolicy, now: datetime) -> Ve
     moments = [facts.last_received_at, facts.completed_at]
     moments += [job.finished_at for job in facts.jobs]
     moments += [delivery.delivered_at for delivery in facts.deliveries]
-    settled = max(as_aware(m) for m in moments if m is not None)
+    settled = max(m for m in moments if m is not None)
     if facts.purged_revision == facts.revision and facts.source_instances == 0:
         return verdict(False, "already purged", settled)
     if not policy.enabled:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from dicom_node.cli_support import console, errors, open_database
+from dicom_node.cli_support import console, errors, iso, open_database
 from dicom_node.config import Settings, load_settings
 from dicom_node.errors import ConfigError
 from dicom_node.index.models import utcnow
@@ -32,15 +31,10 @@ from dicom_node.retention import (
     Verdict,
     acknowledge_failures,
     apply_retention,
-    as_aware,
     review,
 )
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file.", exists=False)]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return as_aware(value).isoformat() if value is not None else None
 
 
 def verdict_row(verdict: Verdict) -> dict[str, Any]:
@@ -48,8 +42,8 @@ def verdict_row(verdict: Verdict) -> dict[str, Any]:
         "study_instance_uid": verdict.study_instance_uid,
         "deletable": verdict.deletable,
         "reason": verdict.reason,
-        "settled_at": _iso(verdict.settled_at),
-        "delete_after": _iso(verdict.delete_after),
+        "settled_at": iso(verdict.settled_at),
+        "delete_after": iso(verdict.delete_after),
         "instances": verdict.instances,
         "bytes": verdict.bytes,
     }

@@ -34,7 +34,6 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -364,12 +363,8 @@ def _unchanged_since_last_run(session: Session, study: Study, match: RouteMatch)
     series = session.get(Series, match.series_id)
     if series is None:
         return False
-    changed = _aware(series.last_received_at) > _aware(previous.created_at)
+    changed = series.last_received_at > previous.created_at
     return not changed
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def create_jobs(session: Session, study: Study, decision: RoutingDecision) -> list[int]:

@@ -194,8 +194,6 @@ def deliver(context: WorkerContext, delivery_id: int) -> DeliveryOutcome:
             delivery.failures, context.jobs.delivery_backoff, context.jobs.delivery_backoff_max
         )
         first = delivery.first_attempt_at or now
-        if first.tzinfo is None:
-            first = first.replace(tzinfo=now.tzinfo)
         if (now + timedelta(seconds=delay) - first).total_seconds() > context.jobs.delivery_horizon:
             delivery.state = DeliveryState.FAILED
             LOG.error("delivery %d to %s failed for good: %s", delivery_id, destination.address, error)
