@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from dicom_node.index.database import Database
 from dicom_node.index.models import Delivery, DeliveryState, Job, JobState
-from tests.jobs.conftest import NodeUnderTest, make_ct_study, wait_for
+from tests.jobs.conftest import NodeUnderTest, flushed_redis, make_ct_study, wait_for
 from tests.jobs.fixed_pipeline import result_uids
 from tests.reports.test_orthanc import Pacs as Orthanc
 from tests.reports.test_orthanc import orthanc  # noqa: F401  (fixture)
@@ -52,14 +52,7 @@ class ScaledOutNode(NodeUnderTest):
 
 @pytest.fixture
 def redis_db9() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.ping()  # fails loudly when no Redis answers
-    client.flushdb()
-    try:
-        yield client
-    finally:
-        client.flushdb()
-        client.close()
+    yield from flushed_redis(REDIS_URL)
 
 
 def _orthanc_find(pacs: Orthanc, level: str, query: dict[str, str]) -> list[Any]:

@@ -270,16 +270,21 @@ def make_ct_study(folder: Path, slices: int = 3, thickness: float = 1.0) -> tupl
     return str(study_uid), paths
 
 
-@pytest.fixture
-def redis_db() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.ping()  # fails loudly when no Redis answers
+def flushed_redis(url: str) -> Iterator[redis.Redis]:
+    """A client on the test database ``url``, emptied before and after; fails loudly without Redis."""
+    client = redis.Redis.from_url(url)
+    client.ping()
     client.flushdb()
     try:
         yield client
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.fixture
+def redis_db() -> Iterator[redis.Redis]:
+    yield from flushed_redis(REDIS_URL)
 
 
 @pytest.fixture
