@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +59,18 @@ class Database:
         self.url = url
         self.engine = create_index_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Celery's prefork pool forks worker children from a process whose reconciler holds pooled
+        # connections. A child must never use (or close) a connection it inherited: for SQLite that
+        # would drop or confuse the parent's file locks. SQLAlchemy's documented remedy is to forget
+        # inherited connections in the child without closing them.
+        engine_ref = weakref.ref(self.engine)
+
+        def _forget_inherited_connections() -> None:
+            engine = engine_ref()
+            if engine is not None:
+                engine.dispose(close=False)
+
+        os.register_at_fork(after_in_child=_forget_inherited_connections)
 
     @property
     def is_sqlite(self) -> bool:
