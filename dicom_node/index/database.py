@@ -29,25 +29,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _begin_immediate(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def create_index_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, durable commits and a busy timeout."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        # pysqlite's own transaction handling is switched off (isolation_level=None) so that every
-        # transaction starts with BEGIN IMMEDIATE: a deferred transaction that reads and then writes
-        # fails at once with "database is locked" when another process wrote in between (the busy
-        # timeout does not apply to that upgrade); an immediate one waits for the write lock instead.
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None}
-        )
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _begin_immediate)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
