@@ -19,6 +19,7 @@ when that matches no row.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,17 @@ from dicom_node.index.models import (
 from dicom_node.routing import compile_routes, create_jobs, route_study
 
 LOG = logging.getLogger(__name__)
+
+# A worker's reconciler thread lives in Celery's main process, which forks the prefork pool's children
+# (at start, and again whenever a child dies). A fork taken while that thread is inside SQLite copies
+# SQLite's internal mutexes in their locked state, and the child then hangs or reports "database is
+# locked" at its first query. Every fork therefore waits for the current pass to end.
+_PASS_LOCK = threading.Lock()
+
+
+os.register_at_fork(
+    before=_PASS_LOCK.acquire, after_in_parent=_PASS_LOCK.release, after_in_child=_PASS_LOCK.release
+)
 
 
 @dataclass(frozen=True)
@@ -282,7 +294,10 @@ class ReconcilerThread:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                job_ids, delivery_ids = reconcile(self.database, self.settings, self.doorbell, self.worker)
+                with _PASS_LOCK:
+                    job_ids, delivery_ids = reconcile(
+                        self.database, self.settings, self.doorbell, self.worker
+                    )
                 if self.on_pass is not None:
                     self.on_pass(job_ids, delivery_ids)
             except Exception:
