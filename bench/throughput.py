@@ -29,7 +29,7 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicom_node.index.models import Delivery, DeliveryState, Job
-from dicom_node.reconciler import as_aware
+from dicom_node.jobs.reconciler import as_aware
 from tests.jobs.conftest import NodeUnderTest, Pacs, free_port, make_ct_study, wait_for
 
 REDIS_URL = "redis://127.0.0.1:6379/8"

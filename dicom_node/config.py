@@ -124,6 +124,45 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    """The ``[jobs]`` table of the settings file: leases, limits and retry policy (seconds)."""
+
+    queued_lease: float = 600.0
+    running_lease: float = 120.0
+    reconcile_interval: float = 10.0
+    task_time_limit: float = 3600.0
+    max_attempts: int = 3
+    delivery_backoff: float = 10.0
+    delivery_backoff_max: float = 600.0
+    delivery_horizon: float = 24 * 3600.0
+    send_to_caller: bool = False
+    polling_interval: float = 0.05
+    worker_seen_within: float = 60.0
+    plugins: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_table(cls, table: Any) -> JobSettings:
+        if not isinstance(table, Mapping):
+            raise ConfigError("jobs: expected a table ([jobs])")
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"jobs.{key}: unknown setting; known: {sorted(known)}")
+            if key == "plugins":
+                values[key] = tuple(str(v) for v in value)
+            elif key == "send_to_caller":
+                values[key] = bool(value)
+            elif key == "max_attempts":
+                values[key] = int(value)
+                if values[key] < 1:
+                    raise ConfigError("jobs.max_attempts: must be at least 1")
+            else:
+                values[key] = parse_seconds(value, name=f"jobs.{key}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node needs to run; built once by ``load_settings`` and passed in explicitly."""
 
@@ -149,6 +188,7 @@ class Settings:
     routes: tuple[Mapping[str, Any], ...] = ()
     log_level: str = "INFO"
     retention_days: float = 0.0
+    jobs: JobSettings = JobSettings()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -304,6 +344,8 @@ def _from_mapping(base: Settings, values: Mapping[str, Any], source: str) -> Set
             changes["tls"] = _parse_tls(value)
         elif key == "destinations":
             changes["destinations"] = tuple(parse_destination(d) for d in value)
+        elif key == "jobs":
+            changes["jobs"] = JobSettings.from_table(value)
         elif key == "routes":
             changes["routes"] = tuple(dict(r) for r in value)
         elif key == "timeouts":

@@ -7,6 +7,7 @@
     │   ├── UnreadableDatasetError  the data set cannot be decoded (0xC210)
     │   ├── ConflictingInstanceError a re-sent SOP Instance UID with other content (0xA900 family)
     │   └── StorageFullError        no space left on the storage root (0xA700)
+    ├── TransientJobError           a job that may succeed on retry (database or storage briefly away)
     ├── TransientSendError          a delivery that may succeed later (peer down, timeout)
     └── PermanentSendError          a delivery that will never succeed as it is
 
@@ -58,6 +59,10 @@ class StorageFullError(IngestError):
     """The storage root has no space left."""
 
     status = 0xA700
+
+
+class TransientJobError(DicomNodeError):
+    """A job failed in a way that may succeed on retry (database or storage briefly unavailable)."""
 
 
 class TransientSendError(DicomNodeError):

@@ -9,15 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from dicom_node.assembly import CompletedStudy, assemble
 from dicom_node.config import Settings
 from dicom_node.edge.scp import EdgeServer
-from dicom_node.embedded import WorkerSupervisor
 from dicom_node.index.database import Database
-from dicom_node.ingest import Ingest
-from dicom_node.reconciler import ReconcilerThread
-from dicom_node.recovery import RecoveryReport, recover
-from dicom_node.store import InstanceStore
+from dicom_node.jobs.embedded import WorkerSupervisor
+from dicom_node.jobs.reconciler import ReconcilerThread
+from dicom_node.storage.ingest import Ingest
+from dicom_node.storage.recovery import RecoveryReport, recover
+from dicom_node.storage.store import InstanceStore
+from dicom_node.workflow.assembly import CompletedStudy, assemble
 
 LOG = logging.getLogger(__name__)
 ASSEMBLY_INTERVAL = 1.0
@@ -29,8 +29,9 @@ class Node:
     """One running node: listener, study assembler and, with ``run_jobs``, the job reconciler.
 
     With ``run_jobs`` a completed study wakes the reconciler, which routes it and enqueues its jobs by
-    task name (``dicom_node.tasks``; no pipeline code is imported here). ``embedded_worker`` also starts
-    and supervises a worker subprocess on the same broker; ``metrics_port`` serves Prometheus metrics.
+    task name (``dicom_node.jobs.celery_app``; no pipeline code is imported here).
+    ``embedded_worker`` also starts and supervises a worker subprocess on the same broker;
+    ``metrics_port`` serves Prometheus metrics.
     """
 
     def __init__(
@@ -58,7 +59,7 @@ class Node:
         self.supervisor: WorkerSupervisor | None = None
         self.metrics_port = metrics_port
         if run_jobs:
-            from dicom_node.tasks import TaskQueue, create_app
+            from dicom_node.jobs.celery_app import TaskQueue, create_app
 
             self.app = create_app(settings)
             self.reconciler = ReconcilerThread(self.database, settings, TaskQueue(self.app))
@@ -73,9 +74,11 @@ class Node:
         if self.supervisor is not None:
             self.supervisor.start()
         if self.metrics_port is not None:
-            from dicom_node.metrics import serve_metrics
+            from dicom_node.jobs.celery_app import create_app, queue_depths
+            from dicom_node.ops.metrics import serve_metrics
 
-            serve_metrics(self.settings, self.database, self.metrics_port)
+            broker = create_app(self.settings)
+            serve_metrics(self.database, self.metrics_port, lambda: queue_depths(broker))
         self._assembler = threading.Thread(target=self._assemble_loop, name="assembler", daemon=True)
         self._assembler.start()
         return report

@@ -72,7 +72,7 @@ def record_path(models_dir: Path, name: str) -> Path:
 
 
 def file_hashes(path: Path) -> tuple[str, str]:
-    """(sha256, md5) of a file, read in chunks."""
+    """(sha256, md5) of a file, read in chunks: one pass for both (``hashlib.file_digest`` takes one)."""
     sha, md5 = hashlib.sha256(), hashlib.md5()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):

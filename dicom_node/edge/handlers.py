@@ -21,12 +21,12 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.config import AccessPolicy
-from dicom_node.edge.audit import AuditTrail
 from dicom_node.errors import IngestError, UnreadableDatasetError
+from dicom_node.index.audit import AuditTrail
 from dicom_node.index.models import AssociationOutcome
-from dicom_node.ingest import Ingest, describe_instance
-from dicom_node.integrity import check_complete
-from dicom_node.part10 import PREAMBLE, file_meta
+from dicom_node.storage.ingest import Ingest, describe_instance
+from dicom_node.storage.integrity import check_complete
+from dicom_node.storage.part10 import PREAMBLE, file_meta
 
 LOG = logging.getLogger(__name__)
 

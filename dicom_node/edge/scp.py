@@ -16,9 +16,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import Settings, TlsConfig
-from dicom_node.edge.audit import AuditTrail
 from dicom_node.edge.handlers import EdgeHandlers
-from dicom_node.ingest import Ingest
+from dicom_node.index.audit import AuditTrail
+from dicom_node.storage.ingest import Ingest
 
 LOG = logging.getLogger(__name__)
 

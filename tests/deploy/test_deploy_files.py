@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from dicom_node.config import load_settings
-from dicom_node.routing import compile_routes
+from dicom_node.workflow.routing import compile_routes
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -28,7 +28,7 @@ from dicom_node.index.models import (
     Study,
     StudyState,
 )
-from dicom_node.retention import (
+from dicom_node.storage.retention import (
     DeliveryFacts,
     JobFacts,
     RetentionPolicy,
@@ -291,7 +291,7 @@ def test_missing_files_are_tolerated_and_counted(index: Index) -> None:
 
 
 def test_cli_dry_run_changes_nothing_and_apply_deletes(index: Index, monkeypatch, tmp_path: Path) -> None:
-    from dicom_node.cli import app
+    from dicom_node.cli.app import app
 
     delivered = index.study([(J.SUCCEEDED, [D.DELIVERED])], when=datetime.now(UTC) - timedelta(days=40))
     pending = index.study([(J.SUCCEEDED, [D.PENDING])], when=datetime.now(UTC) - timedelta(days=40))

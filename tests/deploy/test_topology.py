@@ -9,6 +9,7 @@ the reports tests' Orthanc fixture; nothing is mocked.
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from tests.jobs.fixed_pipeline import result_uids
 from tests.reports.test_orthanc import Pacs as Orthanc
 from tests.reports.test_orthanc import orthanc  # noqa: F401  (fixture)
 
-REDIS_DB = 9
+REDIS_DB = int(os.environ.get("DICOM_NODE_TEST_REDIS_DB", "7")) + 2
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 

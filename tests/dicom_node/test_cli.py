@@ -7,7 +7,7 @@ import json
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from dicom_node.cli import app
+from dicom_node.cli.app import app
 from dicom_node.index.models import Instance
 from tests.factories import write_ct_series
 

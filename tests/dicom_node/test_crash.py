@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from dicom_node.index.database import Database
 from dicom_node.index.models import Instance
-from dicom_node.store import InstanceStore
+from dicom_node.storage.store import InstanceStore
 from tests.factories import nodelay, write_ct_series
 
 DICOM_NODE = Path(sys.executable).with_name("dicom-node")

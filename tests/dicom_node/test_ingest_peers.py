@@ -13,7 +13,7 @@ from pynetdicom import AE
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from dicom_node.cli import app
+from dicom_node.cli.app import app
 from dicom_node.index.models import Instance, Study, StudyState
 from tests.conftest import require_tool
 from tests.factories import dataset_bytes, nodelay, write_ct_series

@@ -8,7 +8,7 @@ import pytest
 from pydicom import dcmread
 
 from dicom_node.errors import UnreadableDatasetError
-from dicom_node.integrity import check_complete
+from dicom_node.storage.integrity import check_complete
 from tests.factories import dataset_bytes, write_ct_series
 
 

@@ -10,7 +10,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
 
-from dicom_node.part10 import PREAMBLE, file_meta
+from dicom_node.storage.part10 import PREAMBLE, file_meta
 
 
 def test_file_meta_reads_back():

@@ -30,9 +30,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from dicom_node.index.database import Database
 
 REPO = Path(__file__).resolve().parents[2]
-REDIS_DB = 7
+REDIS_DB = int(os.environ.get("DICOM_NODE_TEST_REDIS_DB", "7"))  # a helper running beside CI picks another
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
-CLI = [sys.executable, "-c", "from dicom_node.cli import main; main()"]
+CLI = [sys.executable, "-c", "from dicom_node.cli.app import main; main()"]
 
 
 def free_port() -> int:

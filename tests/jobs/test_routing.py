@@ -6,7 +6,13 @@ import pytest
 
 from dicom_node.errors import ConfigError
 from dicom_node.index.models import Series, Study
-from dicom_node.routing import DEFAULT_ROUTES, compile_route, compile_routes, parse_number_test, route_study
+from dicom_node.workflow.routing import (
+    DEFAULT_ROUTES,
+    compile_route,
+    compile_routes,
+    parse_number_test,
+    route_study,
+)
 
 
 def _study(*series: Series, calling_ae: str = "CT1") -> Study:

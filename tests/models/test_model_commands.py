@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dicom_node.model_commands import app
+from dicom_node.cli.models import app
 from models.loader import file_hashes
 from tests.models.test_loading import pin_md5
 

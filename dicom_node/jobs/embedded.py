@@ -1,6 +1,6 @@
 """The embedded worker: ``serve`` without ``--no-worker`` starts one worker subprocess and keeps it up.
 
-The child is an ordinary ``dicom-node worker`` (``python -m dicom_node.worker``) given the resolved data
+The child is an ordinary ``dicom-node worker`` (``python -m dicom_node.jobs.worker``) given the resolved data
 dir, database and broker through ``DICOM_NODE_*`` variables, so it runs the very code a scale-out worker
 runs. If it exits, it is started again after a delay that doubles up to a minute; ``stop`` sends SIGTERM
 (Celery's warm shutdown) and SIGKILL after a grace period.
@@ -17,7 +17,6 @@ import threading
 from pathlib import Path
 
 from dicom_node.config import Settings
-from dicom_node.tasks import broker_url
 
 LOG = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ def worker_environment(settings: Settings, config_file: Path | None) -> dict[str
     env = dict(os.environ)
     env["DICOM_NODE_DATA_DIR"] = str(settings.data_dir.resolve())
     env["DICOM_NODE_DATABASE_URL"] = settings.effective_database_url
-    env["DICOM_NODE_BROKER_URL"] = broker_url(settings)
+    env["DICOM_NODE_BROKER_URL"] = settings.effective_broker_url
     env["DICOM_NODE_LOG_LEVEL"] = settings.log_level
     if config_file is not None:
         env["DICOM_NODE_CONFIG"] = str(config_file.resolve())
@@ -34,10 +33,10 @@ def worker_environment(settings: Settings, config_file: Path | None) -> dict[str
 
 
 class WorkerSupervisor:
-    """Starts ``python -m dicom_node.worker`` and restarts it whenever it exits, until stopped."""
+    """Starts ``python -m dicom_node.jobs.worker`` and restarts it whenever it exits, until stopped."""
 
     def __init__(self, settings: Settings, config_file: Path | None = None, concurrency: int = 1) -> None:
-        self.command = [sys.executable, "-m", "dicom_node.worker", "gpu,io", str(concurrency)]
+        self.command = [sys.executable, "-m", "dicom_node.jobs.worker", "gpu,io", str(concurrency)]
         self.env = worker_environment(settings, config_file)
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0

@@ -22,9 +22,9 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.exc import OperationalError
 
-from dicom_node.analysis import PipelineRegistry, TransientJobError
-from dicom_node.config import Settings
-from dicom_node.reconciler import JobSettings
+from dicom_node.config import JobSettings, Settings
+from dicom_node.errors import TransientJobError
+from dicom_node.jobs.context import WorkerContext
 
 LOG = logging.getLogger(__name__)
 
@@ -35,12 +35,8 @@ IO_QUEUE = "io"
 QUEUES = (GPU_QUEUE, IO_QUEUE)
 
 
-def broker_url(settings: Settings) -> str:
-    return settings.broker_url or "filesystem://"
-
-
 def is_embedded(settings: Settings) -> bool:
-    return broker_url(settings).startswith("filesystem://")
+    return settings.effective_broker_url.startswith("filesystem://")
 
 
 def queue_folder(settings: Settings) -> Path:
@@ -63,29 +59,11 @@ def transport_options(settings: Settings, jobs: JobSettings) -> dict[str, Any]:
     return {"visibility_timeout": max(jobs.task_time_limit * 2, 3600.0)}
 
 
-class WorkerContext:
-    """What a task needs, built once per worker process (after fork): settings, index, store, ingest."""
-
-    def __init__(self, settings: Settings, app: NodeCelery) -> None:
-        from dicom_node.index.database import Database
-        from dicom_node.ingest import Ingest
-        from dicom_node.store import InstanceStore
-
-        self.settings = settings
-        self.jobs = JobSettings.from_settings(settings)
-        self.database = Database(settings.effective_database_url)
-        self.store = InstanceStore(settings.storage_root, min_free_bytes=settings.min_free_bytes)
-        self.ingest = Ingest(self.store, self.database)
-        self.queue = TaskQueue(app)
-        self.registry = PipelineRegistry()
-        self.registry.load_plugins(self.jobs.plugins)
-
-
 class NodeCelery(Celery):  # type: ignore[misc]
     """A Celery app that knows the node's ``Settings`` and builds a ``WorkerContext`` per process."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__("dicom_node", broker=broker_url(settings), set_as_current=False)
+        super().__init__("dicom_node", broker=settings.effective_broker_url, set_as_current=False)
         self.node_settings = settings
         self._context: WorkerContext | None = None
         self._context_pid = 0
@@ -94,7 +72,7 @@ class NodeCelery(Celery):  # type: ignore[misc]
     def context(self) -> WorkerContext:
         with self._context_lock:
             if self._context is None or self._context_pid != os.getpid():
-                self._context = WorkerContext(self.node_settings, self)
+                self._context = WorkerContext(self.node_settings, TaskQueue(self))
                 self._context_pid = os.getpid()
             return self._context
 
@@ -114,7 +92,7 @@ class TaskQueue:
 
 def create_app(settings: Settings) -> NodeCelery:
     """The Celery app for ``settings``; the same for ``serve``, ``worker`` and the CLI."""
-    jobs = JobSettings.from_settings(settings)
+    jobs = settings.jobs
     app = NodeCelery(settings)
     app.conf.update(
         task_serializer="json",
@@ -151,8 +129,8 @@ def _register_tasks(app: NodeCelery) -> None:
         max_retries=5,
     )
     def run_pipeline(job_id: int) -> str:
-        """Run one analysis job (ids only); see ``dicom_node.analysis.run_job``."""
-        from dicom_node.analysis import run_job
+        """Run one analysis job (ids only); see ``dicom_node.jobs.analysis.run_job``."""
+        from dicom_node.jobs.analysis import run_job
 
         return run_job(app.context(), int(job_id)).value
 
@@ -166,7 +144,7 @@ def _register_tasks(app: NodeCelery) -> None:
     )
     def send_results(delivery_id: int) -> str:
         """Send one delivery (ids only); backoff between attempts is kept in the row, not the broker."""
-        from dicom_node.sender import deliver
+        from dicom_node.delivery.sender import deliver
 
         return deliver(app.context(), int(delivery_id)).value
 

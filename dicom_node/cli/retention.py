@@ -15,26 +15,29 @@ revision, so that it can be deleted once its retention period is over.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from dicom_node.cli_support import console, errors, iso, open_database
-from dicom_node.config import Settings, load_settings
-from dicom_node.errors import ConfigError
+from dicom_node.cli.support import (
+    ConfigOption,
+    console,
+    errors,
+    iso,
+    open_database,
+    settings_or_exit,
+)
+from dicom_node.config import Settings
 from dicom_node.index.models import utcnow
-from dicom_node.retention import (
+from dicom_node.storage.retention import (
     RetentionPolicy,
     Verdict,
     acknowledge_failures,
     apply_retention,
     review,
 )
-
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file.", exists=False)]
 
 
 def verdict_row(verdict: Verdict) -> dict[str, Any]:
@@ -50,12 +53,10 @@ def verdict_row(verdict: Verdict) -> dict[str, Any]:
 
 
 def _settings(config: Path | None, days: float | None) -> Settings:
+    settings = settings_or_exit(config, retention_days=days)
     try:
-        settings = load_settings(config)
-        if days is not None:
-            settings = replace(settings, retention_days=days)
         RetentionPolicy.from_settings(settings)
-    except (ConfigError, ValueError) as error:
+    except ValueError as error:
         errors.print(f"[red]configuration error:[/red] {error}")
         raise typer.Exit(2) from None
     return settings

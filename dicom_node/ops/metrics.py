@@ -15,7 +15,7 @@ mode. Exposed:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -23,11 +23,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from dicom_node.config import Settings
 from dicom_node.index.database import Database
 from dicom_node.index.models import Delivery, DeliveryState, Instance, Job, JobState
 
 STAGES = ("queued", "waiting", "analysis", "delivery")
+QueueDepths = Callable[[], dict[str, int | None]]
+"""Messages waiting per broker queue (``jobs.celery_app.queue_depths``), given by the composition root."""
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -68,9 +69,9 @@ def stage_durations(database: Database) -> dict[str, list[float]]:
 class IndexCollector(Collector):
     """Reads the index (and the broker's queue depths) on every scrape."""
 
-    def __init__(self, settings: Settings, database: Database) -> None:
-        self.settings = settings
+    def __init__(self, database: Database, queue_depths: QueueDepths | None = None) -> None:
         self.database = database
+        self.queue_depths = queue_depths
 
     def collect(self) -> Iterator[Metric]:
         with self.database.sessions() as session:
@@ -95,12 +96,11 @@ class IndexCollector(Collector):
         yield CounterMetricFamily(
             "dicom_node_delivery_failures", "Failed delivery attempts.", value=int(failures)
         )
-        from dicom_node.tasks import create_app, queue_depths
-
         gauge = GaugeMetricFamily(
             "dicom_node_queue_depth", "Messages waiting in the broker.", labels=["queue"]
         )
-        for queue, depth in queue_depths(create_app(self.settings)).items():
+        depths = self.queue_depths() if self.queue_depths is not None else {}
+        for queue, depth in depths.items():
             if depth is not None:
                 gauge.add_metric([queue], depth)
         yield gauge
@@ -112,12 +112,14 @@ class IndexCollector(Collector):
         yield summary
 
 
-def metrics_registry(settings: Settings, database: Database) -> CollectorRegistry:
+def metrics_registry(database: Database, queue_depths: QueueDepths | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(IndexCollector(settings, database))
+    registry.register(IndexCollector(database, queue_depths))
     return registry
 
 
-def serve_metrics(settings: Settings, database: Database, port: int, host: str = "0.0.0.0") -> None:
+def serve_metrics(
+    database: Database, port: int, queue_depths: QueueDepths | None = None, host: str = "0.0.0.0"
+) -> None:
     """Serve ``/metrics`` on ``port`` from a daemon thread."""
-    start_http_server(port, addr=host, registry=metrics_registry(settings, database))
+    start_http_server(port, addr=host, registry=metrics_registry(database, queue_depths))

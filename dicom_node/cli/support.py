@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from dicom_node.config import Settings
+from dicom_node.config import Settings, load_settings
+from dicom_node.errors import ConfigError
 from dicom_node.index.database import Database
 
 console = Console()
 errors = Console(stderr=True)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file.", exists=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
+    """The settings, or exit code 2 with the configuration error on standard error."""
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as error:
+        errors.print(f"[red]configuration error:[/red] {error}")
+        raise typer.Exit(2) from None
 
 
 def iso(value: datetime | None) -> str | None:

@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from dicom_node.config import Settings, parse_seconds
-from dicom_node.errors import ConfigError
+from dicom_node.config import JobSettings, Settings
 from dicom_node.index.database import Database
 from dicom_node.index.models import (
     Delivery,
@@ -43,7 +41,8 @@ from dicom_node.index.models import (
     WorkerRecord,
     utcnow,
 )
-from dicom_node.routing import compile_routes, create_jobs, route_study
+from dicom_node.jobs.context import Doorbell
+from dicom_node.workflow.routing import compile_routes, create_jobs, route_study
 
 LOG = logging.getLogger(__name__)
 
@@ -57,54 +56,6 @@ _PASS_LOCK = threading.Lock()
 os.register_at_fork(
     before=_PASS_LOCK.acquire, after_in_parent=_PASS_LOCK.release, after_in_child=_PASS_LOCK.release
 )
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    """The ``[jobs]`` table of the settings file: leases, limits and retry policy (seconds)."""
-
-    queued_lease: float = 600.0
-    running_lease: float = 120.0
-    reconcile_interval: float = 10.0
-    task_time_limit: float = 3600.0
-    max_attempts: int = 3
-    delivery_backoff: float = 10.0
-    delivery_backoff_max: float = 600.0
-    delivery_horizon: float = 24 * 3600.0
-    send_to_caller: bool = False
-    polling_interval: float = 0.05
-    worker_seen_within: float = 60.0
-    plugins: tuple[str, ...] = field(default=())
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> JobSettings:
-        table = settings.extra.get("jobs", {})
-        if not isinstance(table, Mapping):
-            raise ConfigError("jobs: expected a table ([jobs])")
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in table.items():
-            if key not in known:
-                raise ConfigError(f"jobs.{key}: unknown setting; known: {sorted(known)}")
-            if key == "plugins":
-                values[key] = tuple(str(v) for v in value)
-            elif key == "send_to_caller":
-                values[key] = bool(value)
-            elif key == "max_attempts":
-                values[key] = int(value)
-                if values[key] < 1:
-                    raise ConfigError("jobs.max_attempts: must be at least 1")
-            else:
-                values[key] = parse_seconds(value, name=f"jobs.{key}")
-        return cls(**values)
-
-
-class Doorbell(Protocol):
-    """What the reconciler needs from the queue: ring for a job or a delivery (``tasks.TaskQueue``)."""
-
-    def enqueue_job(self, job_id: int) -> None: ...
-
-    def enqueue_delivery(self, delivery_id: int) -> None: ...
 
 
 def _lease_lapsed(column: Any, now: datetime) -> Any:
@@ -245,7 +196,7 @@ def reconcile(
     now: datetime | None = None,
 ) -> tuple[list[int], list[int]]:
     """One pass (see the module docstring); returns the job and delivery ids it enqueued."""
-    jobs = JobSettings.from_settings(settings)
+    jobs = settings.jobs
     now = now or utcnow()
     with database.session() as session:
         if worker is not None:
@@ -279,7 +230,7 @@ class ReconcilerThread:
         self.doorbell = doorbell
         self.worker = worker
         self.on_pass = on_pass
-        self.interval = JobSettings.from_settings(settings).reconcile_interval
+        self.interval = settings.jobs.reconcile_interval
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -309,9 +260,3 @@ class ReconcilerThread:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
-
-
-def default_worker_name(queues: str) -> str:
-    import os
-
-    return f"{queues.replace(',', '+')}@{socket.gethostname()}:{os.getpid()}"

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import pydicom
 from sqlalchemy import select
 
-from dicom_node.edge.audit import AuditTrail
 from dicom_node.errors import IngestError
+from dicom_node.index.audit import AuditTrail
 from dicom_node.index.models import Instance, Series, Study
-from dicom_node.ingest import Ingest, describe_instance
+from dicom_node.storage.ingest import Ingest, describe_instance
 
 LOG = logging.getLogger(__name__)
 

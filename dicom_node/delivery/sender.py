@@ -22,19 +22,19 @@ import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom.association import Association
 from sqlalchemy import update
 
-from dicom_node.config import DEFAULT_TIMEOUTS, Destination, DimseTimeouts
+from dicom_node.config import DEFAULT_TIMEOUTS, Destination, DimseTimeouts, JobSettings, Settings
+from dicom_node.delivery.scu import FileToSend, SendReport, is_success, make_ae, set_nodelay
 from dicom_node.index.models import Delivery, DeliveryState, Job, utcnow
-from dicom_node.scu import FileToSend, SendReport, is_success, make_ae
 
 if TYPE_CHECKING:
-    from dicom_node.tasks import WorkerContext
+    from dicom_node.index.database import Database
+    from dicom_node.storage.store import InstanceStore
 
 LOG = logging.getLogger(__name__)
 FALLBACK_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -56,10 +56,13 @@ def proposed_syntaxes(stored: Sequence[str]) -> list[str]:
     return ordered
 
 
-def _nodelay(assoc: Association) -> None:
-    sock = assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+class DeliveryContext(Protocol):
+    """What a delivery needs (``jobs.context.WorkerContext`` is one): settings, index and store."""
+
+    settings: Settings
+    jobs: JobSettings
+    database: Database
+    store: InstanceStore
 
 
 def send_results(
@@ -80,7 +83,7 @@ def send_results(
     if not assoc.is_established:
         state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
         raise ConnectionError(f"{destination.address}: association {state}")
-    _nodelay(assoc)
+    set_nodelay(assoc)
     try:
         accepted = {str(cx.abstract_syntax): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
         for item in files:
@@ -114,7 +117,7 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
     return float(delay * random.uniform(0.9, 1.1))
 
 
-def claim_delivery(context: WorkerContext, delivery_id: int) -> str | None:
+def claim_delivery(context: DeliveryContext, delivery_id: int) -> str | None:
     token = uuid.uuid4().hex
     now = utcnow()
     with context.database.session() as session:
@@ -141,7 +144,7 @@ def claim_delivery(context: WorkerContext, delivery_id: int) -> str | None:
         return token if getattr(result, "rowcount", 0) else None
 
 
-def deliver(context: WorkerContext, delivery_id: int) -> DeliveryOutcome:
+def deliver(context: DeliveryContext, delivery_id: int) -> DeliveryOutcome:
     """Send delivery ``delivery_id`` once; on failure schedule the next attempt or dead-letter it."""
     token = claim_delivery(context, delivery_id)
     if token is None:
@@ -210,6 +213,6 @@ def deliver(context: WorkerContext, delivery_id: int) -> DeliveryOutcome:
         return DeliveryOutcome.RETRYING
 
 
-def _stored_syntax(context: WorkerContext, relative: str) -> str:
+def _stored_syntax(context: DeliveryContext, relative: str) -> str:
     ds = dcmread(context.store.path(relative), stop_before_pixels=True, specific_tags=["SOPClassUID"])
     return str(ds.file_meta.TransferSyntaxUID)

@@ -37,7 +37,7 @@ from dicom_node.index.models import (
     UtcDateTime,
     utcnow,
 )
-from dicom_node.store import InstanceStore, StoredFile, validate_uid
+from dicom_node.storage.store import InstanceStore, StoredFile, validate_uid
 
 LOG = logging.getLogger(__name__)
 

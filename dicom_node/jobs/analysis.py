@@ -18,26 +18,23 @@ pipeline and a minimal writer this way, in the worker process).
 
 from __future__ import annotations
 
-import importlib
 import io
 import logging
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import DicomNodeError, TransientJobError
 from dicom_node.index.models import (
     Delivery,
     DeliveryState,
@@ -47,80 +44,15 @@ from dicom_node.index.models import (
     Result,
     utcnow,
 )
-from dicom_node.ingest import describe_instance
+from dicom_node.jobs.context import worker_name
+from dicom_node.jobs.registry import Pipeline, PipelineUnavailableError
+from dicom_node.storage.ingest import describe_instance
 
 if TYPE_CHECKING:
     from dicom_node.config import Destination, Settings
-    from dicom_node.tasks import WorkerContext
+    from dicom_node.jobs.context import WorkerContext
 
 LOG = logging.getLogger(__name__)
-
-
-class TransientJobError(DicomNodeError):
-    """A job failed in a way that may succeed on retry (database or storage briefly unavailable)."""
-
-
-class PipelineUnavailableError(DicomNodeError):
-    """No pipeline of that name exists here, or its model is not installed; the job is skipped."""
-
-
-class Pipeline(Protocol):
-    """What the node needs of a pipeline (``pipelines/``): a name and ``run(paths) -> Findings``."""
-
-    def run(self, paths: Sequence[Path]) -> Any: ...
-
-
-ResultWriter = Callable[[Any, Sequence[Dataset], str], list[Dataset]]
-"""findings, source datasets, destination profile name → result datasets (SR, SEG, …)."""
-
-
-def write_with_reports(findings: Any, sources: Sequence[Dataset], profile: str) -> list[Dataset]:
-    """The real writers: ``dicom_node.reports.write_results`` with the named ``ReportProfile``."""
-    from dicom_node import reports
-    from dicom_node.reports import profile as profiles
-
-    chosen = getattr(profiles, f"{profile.upper().replace('-', '_')}_PROFILE", profiles.DEFAULT_PROFILE)
-    write_results: Callable[..., list[Dataset]] = reports.write_results
-    return list(write_results(findings, sources, chosen))
-
-
-@dataclass
-class PipelineRegistry:
-    """Pipelines by name: registered factories first, then ``pipelines.registry.get_pipeline``."""
-
-    factories: dict[str, Callable[[], Pipeline]] = field(default_factory=dict)
-    writers: dict[str, ResultWriter] = field(default_factory=dict)
-
-    def register(
-        self, name: str, factory: Callable[[], Pipeline], writer: ResultWriter | None = None
-    ) -> None:
-        self.factories[name] = factory
-        if writer is not None:
-            self.writers[name] = writer
-
-    def load_plugins(self, modules: Sequence[str]) -> None:
-        """Import each module and call its ``register_pipelines(registry)``."""
-        for name in modules:
-            importlib.import_module(name).register_pipelines(self)
-
-    def pipeline(self, name: str, models_dir: Path) -> Pipeline:
-        if name in self.factories:
-            return self.factories[name]()
-        try:
-            from pipelines.errors import PipelineNotInstalledError
-            from pipelines.registry import get_pipeline
-        except ImportError as error:
-            raise PipelineUnavailableError(f"pipeline {name!r} is not available here: {error}") from None
-        try:
-            pipeline: Pipeline = get_pipeline(name, models_dir)
-        except PipelineNotInstalledError as error:
-            raise PipelineUnavailableError(str(error)) from None
-        except ValueError as error:
-            raise PipelineUnavailableError(f"no pipeline named {name!r}: {error}") from None
-        return pipeline
-
-    def writer(self, name: str) -> ResultWriter:
-        return self.writers.get(name, write_with_reports)
 
 
 class JobOutcome(StrEnum):
@@ -128,12 +60,6 @@ class JobOutcome(StrEnum):
     SKIPPED = "skipped"
     FAILED = "failed"
     NOT_CLAIMED = "not-claimed"
-
-
-def worker_name() -> str:
-    import os
-
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def destinations_for(

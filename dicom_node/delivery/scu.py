@@ -17,6 +17,7 @@ from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from dicom_node.config import DEFAULT_TIMEOUTS, Destination, DimseTimeouts
 
@@ -40,7 +41,7 @@ class SendReport:
 
     @property
     def sent(self) -> int:
-        return sum(1 for s in self.statuses.values() if s == 0x0000 or 0xB000 <= s <= 0xBFFF)
+        return sum(1 for s in self.statuses.values() if is_success(s))
 
     @property
     def failed(self) -> int:
@@ -65,7 +66,7 @@ def read_header(path: Path) -> FileToSend:
     return FileToSend(path, sop_class, sop_instance, str(meta.TransferSyntaxUID))
 
 
-def _nodelay(assoc: Association) -> None:
+def set_nodelay(assoc: Association) -> None:
     sock = assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -141,7 +142,7 @@ def send_files(
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
         if not assoc.is_established:
             raise ConnectionError(_why_not_established(assoc, destination))
-        _nodelay(assoc)
+        set_nodelay(assoc)
         try:
             for item in batch:
                 if not assoc.is_established:
@@ -167,8 +168,11 @@ def send_files(
 
 
 def is_success(status: int) -> bool:
-    """Success or warning (0xB000–0xBFFF, e.g. coercion) count as delivered."""
-    return status == 0x0000 or 0xB000 <= status <= 0xBFFF or status == 0x0107 or status == 0x0116
+    """Success or a warning (PS3.7 Annex C: 0xB000–0xBFFF coercion, 0x0107, 0x0116) counts as stored.
+
+    ``status`` is -1 when no response came; that, like every failure, cancel or unknown code, is not.
+    """
+    return status >= 0 and code_to_category(status) in {STATUS_SUCCESS, STATUS_WARNING}
 
 
 def transfer_syntax_name(uid: str) -> str:

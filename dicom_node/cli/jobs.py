@@ -19,9 +19,16 @@ import typer
 from rich.table import Table
 from sqlalchemy import delete, func, select, update
 
-from dicom_node.cli_support import console, errors, iso, open_database
-from dicom_node.config import Settings, load_settings
-from dicom_node.errors import ConfigError
+from dicom_node.cli.support import (
+    ConfigOption,
+    JsonOption,
+    console,
+    errors,
+    iso,
+    open_database,
+    settings_or_exit,
+)
+from dicom_node.config import Settings
 from dicom_node.index.database import Database
 from dicom_node.index.models import (
     Delivery,
@@ -33,27 +40,13 @@ from dicom_node.index.models import (
     WorkerRecord,
     utcnow,
 )
-from dicom_node.reconciler import JobSettings
 
 PIPELINES = ("cxr-classification", "ct-lung-nodules", "ct-vertebrae")
-
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file.", exists=False)]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        settings = load_settings(config)
-        JobSettings.from_settings(settings)
-    except ConfigError as error:
-        errors.print(f"[red]configuration error:[/red] {error}")
-        raise typer.Exit(2) from None
-    return settings
 
 
 def _ring(settings: Settings, job_ids: Sequence[int], delivery_ids: Sequence[int]) -> None:
     """Enqueue now; on a broker error the reconciler re-sends once the rows' leases lapse."""
-    from dicom_node.tasks import TaskQueue, create_app
+    from dicom_node.jobs.celery_app import TaskQueue, create_app
 
     try:
         queue = TaskQueue(create_app(settings))
@@ -148,7 +141,7 @@ def reprocess_study(
     database: Database, settings: Settings, study_uid: str, pipeline: str | None
 ) -> list[int]:
     """Queue the study's jobs again (their deliveries are sent again); create one for ``pipeline``."""
-    from dicom_node.routing import compile_routes
+    from dicom_node.workflow.routing import compile_routes
 
     with database.session() as session:
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
@@ -232,9 +225,9 @@ def pipeline_statuses(models_dir: Path) -> list[dict[str, Any]]:
 
 def status_extras(settings: Settings, database: Database) -> dict[str, Any]:
     """What ``status --json`` adds: jobs, deliveries, queue depths, live workers and pipelines."""
-    from dicom_node.tasks import broker_url, create_app, is_embedded, queue_depths
+    from dicom_node.jobs.celery_app import create_app, is_embedded, queue_depths
 
-    jobs = JobSettings.from_settings(settings)
+    jobs = settings.jobs
     job_states = _count_by(database, Job.state)
     delivery_states = _count_by(database, Delivery.state)
     seen_since = utcnow() - timedelta(seconds=jobs.worker_seen_within)
@@ -270,7 +263,10 @@ def status_extras(settings: Settings, database: Database) -> dict[str, Any]:
         },
         "studies_not_routed": int(not_routed),
         "series_indexed": int(series),
-        "broker": {"url": str(maybe_sanitize_url(broker_url(settings))), "embedded": is_embedded(settings)},
+        "broker": {
+            "url": str(maybe_sanitize_url(settings.effective_broker_url)),
+            "embedded": is_embedded(settings),
+        },
         "queues": queue_depths(create_app(settings)),
         "workers": workers,
         "pipelines": pipeline_statuses(settings.models_dir),
@@ -290,9 +286,9 @@ def register(app: typer.Typer) -> None:
         import logging
         import sys
 
-        from dicom_node.worker import parse_queues, run_worker
+        from dicom_node.jobs.worker import parse_queues, run_worker
 
-        settings = _settings(config)
+        settings = settings_or_exit(config)
         try:
             queues = parse_queues(queues)
         except ValueError as error:
@@ -309,7 +305,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """List analysis jobs and their deliveries (newest first)."""
-        settings = _settings(config)
+        settings = settings_or_exit(config)
         database = open_database(settings)
         with database.sessions() as session:
             query = select(Job).order_by(Job.id.desc())
@@ -347,7 +343,7 @@ def register(app: typer.Typer) -> None:
         if not job_ids and not failed:
             errors.print("[red]give job ids or --failed[/red]")
             raise typer.Exit(2)
-        settings = _settings(config)
+        settings = settings_or_exit(config)
         database = open_database(settings)
         jobs_again, deliveries_again = retry_rows(database, job_ids or [], failed)
         _ring(settings, jobs_again, deliveries_again)
@@ -362,7 +358,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
     ) -> None:
         """Analyse a study again and send its results again."""
-        settings = _settings(config)
+        settings = settings_or_exit(config)
         database = open_database(settings)
         try:
             ids = reprocess_study(database, settings, study_uid, pipeline)

@@ -15,16 +15,16 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.uid import RE_VALID_UID
+
 from dicom_node.errors import InvalidIdentifierError, StorageFullError
 
 UID_MAX_LENGTH = 64
-_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 TMP_DIR = ".tmp"
 SUPERSEDED_DIR = ".superseded"
 SUFFIX = ".dcm"
@@ -43,7 +43,7 @@ def validate_uid(value: object, attribute: str) -> str:
         raise InvalidIdentifierError(f"{attribute} is empty")
     if len(text) > UID_MAX_LENGTH:
         raise InvalidIdentifierError(f"{attribute} is longer than {UID_MAX_LENGTH} characters")
-    if not _UID_PATTERN.match(text):
+    if not RE_VALID_UID.match(text):  # pydicom's PS3.5 §9.1 rule (UID.is_valid without building a UID)
         shown = text if len(text) <= UID_MAX_LENGTH else text[:UID_MAX_LENGTH] + "…"
         raise InvalidIdentifierError(f"{attribute} {shown!r} is not a valid UID")
     return text
@@ -175,8 +175,5 @@ class InstanceStore:
 
 def sha256_of(path: Path) -> str:
     """The sha256 of a file's bytes."""
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()

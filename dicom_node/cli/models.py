@@ -1,6 +1,6 @@
 """``dicom-node models``: list, verify, import, pull and scaffold model weights.
 
-Mounted by ``dicom_node/cli.py`` as ``app.add_typer(model_commands.app, name="models")``. Every
+Mounted by ``dicom_node/cli/app.py`` as ``app.add_typer(models.app, name="models")``. Every
 command takes ``--models-dir`` (default ``$DICOM_NODE_MODELS_DIR`` or ``./models``). Exit codes: 0 ok,
 1 operational failure (a model not installed, a refused file, a failed download), 2 usage error.
 """

@@ -52,7 +52,7 @@ from dicom_node.index.models import (
     UtcDateTime,
     utcnow,
 )
-from dicom_node.store import SUPERSEDED_DIR
+from dicom_node.storage.store import SUPERSEDED_DIR
 
 log = logging.getLogger(__name__)
 

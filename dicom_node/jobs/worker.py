@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 from dicom_node.config import Settings, load_settings
 from dicom_node.index.database import Database
-from dicom_node.reconciler import ReconcilerThread, WorkerIdentity, default_worker_name
-from dicom_node.tasks import QUEUES, create_app, is_embedded
+from dicom_node.jobs.celery_app import QUEUES, create_app, is_embedded
+from dicom_node.jobs.context import worker_name
+from dicom_node.jobs.reconciler import ReconcilerThread, WorkerIdentity
 
 LOG = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def run_worker(settings: Settings, queues: str = "gpu,io", concurrency: int = 1)
     database = Database(settings.effective_database_url)
     database.upgrade()
     app = create_app(settings)
-    name = default_worker_name(queues)
+    name = worker_name(queues)
     reconciler = ReconcilerThread(
         database, settings, app.context().queue, WorkerIdentity(name, queues, concurrency)
     )
@@ -64,7 +65,7 @@ def run_worker(settings: Settings, queues: str = "gpu,io", concurrency: int = 1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dicom_node.worker [QUEUES [CONCURRENCY]]``: settings from the environment only."""
+    """``python -m dicom_node.jobs.worker [QUEUES [CONCURRENCY]]``: settings from the environment only."""
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("DICOM_NODE_LOG_LEVEL", "INFO"), stream=sys.stderr)
     settings = load_settings()

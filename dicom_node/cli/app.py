@@ -1,0 +1,167 @@
+"""``dicom-node``: the administrator's command line (typer + rich).
+
+Exit codes: 0 ok, 1 operational failure (peer unreachable, refused, database down), 2 usage error.
+``--json`` output is stable: documented in docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from sqlalchemy import func, select
+
+from dicom_node.cli.support import (
+    ConfigOption,
+    JsonOption,
+    console,
+    errors,
+    iso,
+    open_database,
+    settings_or_exit,
+)
+from dicom_node.errors import DicomNodeError
+from dicom_node.index.database import Database
+from dicom_node.index.models import Instance, Series, Study
+
+app = typer.Typer(help="A DICOM node that receives, analyses and returns studies.", no_args_is_help=True)
+db_app = typer.Typer(help="Index database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs every PDU at INFO; keep its own chatter at WARNING unless debugging.
+    if level.upper() != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="This node's AE title.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="DICOM port.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Store, index and queue.")] = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not start the embedded worker.")] = False,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus port.")] = None,
+) -> None:
+    """Receive studies over DICOM and run the node."""
+    from dicom_node.node import Node
+
+    settings = settings_or_exit(config, ae_title=ae_title, host=host, port=port, data_dir=data_dir)
+    _configure_logging(settings.log_level)
+    try:
+        node = Node(
+            settings,
+            run_jobs=True,
+            embedded_worker=not no_worker,
+            config_file=config,
+            metrics_port=metrics_port,
+        )
+        report = node.start()
+    except (DicomNodeError, OSError) as error:
+        errors.print(f"[red]cannot start:[/red] {error}")
+        raise typer.Exit(1) from None
+    assert node.address is not None
+    host_bound, port_bound = node.address
+    errors.print(
+        f"dicom-node {settings.ae_title} listening on {host_bound}:{port_bound}, "
+        f"data in {settings.data_dir.resolve()}"
+        + (f" (recovered: {report})" if any(vars(report).values()) else "")
+    )
+    node.run_until_signalled(settings.shutdown_grace)
+
+
+def status_document(database: Database) -> dict[str, Any]:
+    """What ``status --json`` prints: counts straight from the index."""
+    with database.sessions() as session:
+        by_state = dict(session.execute(select(Study.state, func.count()).group_by(Study.state)).all())
+        totals = session.execute(
+            select(func.count(Instance.id), func.coalesce(func.sum(Instance.size), 0))
+        ).one()
+        series_count = session.scalar(select(func.count(Series.id))) or 0
+        last = session.scalar(select(func.max(Instance.received_at)))
+    return {
+        "studies": {"total": sum(by_state.values()), "by_state": by_state},
+        "series": series_count,
+        "instances": int(totals[0]),
+        "bytes": int(totals[1]),
+        "last_received_at": iso(last),
+        "database": database.engine.url.render_as_string(hide_password=True),
+        "schema_revision": database.current_revision(),
+    }
+
+
+@app.command()
+def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Show what the node holds and what it is doing."""
+    settings = settings_or_exit(config)
+    database = open_database(settings)
+    document = status_document(database)
+    document.update(status_extras(settings, database))
+    document["destinations"] = [
+        {"name": d.name, "ae_title": d.ae_title, "host": d.host, "port": d.port}
+        for d in settings.destinations
+    ]
+    if as_json:
+        console.print_json(json.dumps(document))
+        return
+    table = Table("", "", title=f"dicom-node {settings.ae_title}", show_header=False)
+    table.add_row(
+        "studies", ", ".join(f"{k}: {v}" for k, v in document["studies"]["by_state"].items()) or "none"
+    )
+    table.add_row("series / instances", f"{document['series']} / {document['instances']}")
+    table.add_row("stored", f"{document['bytes'] / 1e6:.1f} MB")
+    table.add_row("last received", document["last_received_at"] or "never")
+    table.add_row("index", f"{document['database']} (schema {document['schema_revision']})")
+    for d in document["destinations"]:
+        table.add_row(f"destination {d['name']}", f"{d['ae_title']}@{d['host']}:{d['port']}")
+    console.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate the index schema to the newest revision."""
+    settings = settings_or_exit(config)
+    database = open_database(settings)
+    console.print(f"index at schema revision {database.current_revision()}")
+
+
+from dicom_node.cli import network, studies  # noqa: E402
+from dicom_node.cli.jobs import register, status_extras  # noqa: E402
+
+app.command()(studies.studies)
+app.command()(studies.audit)
+app.command()(network.echo)
+app.command()(network.send)
+
+register(app)
+
+from dicom_node.cli.retention import register as register_retention  # noqa: E402
+
+register_retention(app)
+
+
+def _mount_models(argv: list[str]) -> None:
+    # The models sub-app imports torch; mount it only when it can be used, so that ``serve`` and the
+    # rest of the CLI (the DICOM edge above all) never load torch.
+    if not argv or argv[0] in {"models", "--help", "-h"}:
+        from dicom_node.cli.models import app as models_app
+
+        app.add_typer(models_app, name="models")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _mount_models(sys.argv[1:])
+    app()

@@ -1,0 +1,78 @@
+"""Pipelines by name for the worker: registered factories first, then ``pipelines.registry``.
+
+The real pipelines (``pipelines.registry.get_pipeline``) are imported only when a job asks for one, so
+the node's processes that never analyse (``serve``, the CLI) never import torch. Modules named in
+``[jobs] plugins`` may register more (tests add a fixed-cost pipeline and a minimal writer this way).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dicom_node.errors import DicomNodeError
+from pipelines.base import Pipeline
+
+__all__ = ["Pipeline", "PipelineRegistry", "PipelineUnavailableError", "ResultWriter"]
+
+
+class PipelineUnavailableError(DicomNodeError):
+    """No pipeline of that name exists here, or its model is not installed; the job is skipped."""
+
+
+ResultWriter = Callable[[Any, Sequence[Dataset], str], list[Dataset]]
+"""findings, source datasets, destination profile name → result datasets (SR, SEG, …)."""
+
+
+def write_with_reports(findings: Any, sources: Sequence[Dataset], profile: str) -> list[Dataset]:
+    """The real writers: ``dicom_node.reports.write_results`` with the named ``ReportProfile``."""
+    from dicom_node import reports
+    from dicom_node.reports import profile as profiles
+
+    chosen = getattr(profiles, f"{profile.upper().replace('-', '_')}_PROFILE", profiles.DEFAULT_PROFILE)
+    write_results: Callable[..., list[Dataset]] = reports.write_results
+    return list(write_results(findings, sources, chosen))
+
+
+@dataclass
+class PipelineRegistry:
+    """Pipelines by name: registered factories first, then ``pipelines.registry.get_pipeline``."""
+
+    factories: dict[str, Callable[[], Pipeline]] = field(default_factory=dict)
+    writers: dict[str, ResultWriter] = field(default_factory=dict)
+
+    def register(
+        self, name: str, factory: Callable[[], Pipeline], writer: ResultWriter | None = None
+    ) -> None:
+        self.factories[name] = factory
+        if writer is not None:
+            self.writers[name] = writer
+
+    def load_plugins(self, modules: Sequence[str]) -> None:
+        """Import each module and call its ``register_pipelines(registry)``."""
+        for name in modules:
+            importlib.import_module(name).register_pipelines(self)
+
+    def pipeline(self, name: str, models_dir: Path) -> Pipeline:
+        if name in self.factories:
+            return self.factories[name]()
+        try:
+            from pipelines.errors import PipelineNotInstalledError
+            from pipelines.registry import get_pipeline
+        except ImportError as error:
+            raise PipelineUnavailableError(f"pipeline {name!r} is not available here: {error}") from None
+        try:
+            pipeline: Pipeline = get_pipeline(name, models_dir)
+        except PipelineNotInstalledError as error:
+            raise PipelineUnavailableError(str(error)) from None
+        except ValueError as error:
+            raise PipelineUnavailableError(f"no pipeline named {name!r}: {error}") from None
+        return pipeline
+
+    def writer(self, name: str) -> ResultWriter:
+        return self.writers.get(name, write_with_reports)
