@@ -283,3 +283,18 @@ class WorkerRecord(Base):
     concurrency: Mapped[int] = mapped_column(Integer, default=1)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class StudyRetention(Base):
+    """Per study: failures an operator acknowledged, and what retention purged (migration 0003)."""
+
+    __tablename__ = "study_retention"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), unique=True)
+    acknowledged_revision: Mapped[int | None] = mapped_column(Integer)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    purged_revision: Mapped[int | None] = mapped_column(Integer)
+    purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    purged_instances: Mapped[int] = mapped_column(Integer, default=0)
+    purged_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -33,13 +33,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, delete, select, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from dicom_node.config import Settings
 from dicom_node.index.database import Database
 from dicom_node.index.models import (
-    Base,
     Delivery,
     DeliveryState,
     Instance,
@@ -48,8 +47,8 @@ from dicom_node.index.models import (
     Result,
     Series,
     Study,
+    StudyRetention,
     StudyState,
-    UtcDateTime,
     utcnow,
 )
 from dicom_node.storage.store import SUPERSEDED_DIR
@@ -57,21 +56,6 @@ from dicom_node.storage.store import SUPERSEDED_DIR
 log = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86400.0
-
-
-class StudyRetention(Base):
-    """Per study: failures an operator acknowledged, and what retention purged (migration 0003)."""
-
-    __tablename__ = "study_retention"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), unique=True)
-    acknowledged_revision: Mapped[int | None] = mapped_column(Integer)
-    acknowledged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    purged_revision: Mapped[int | None] = mapped_column(Integer)
-    purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    purged_instances: Mapped[int] = mapped_column(Integer, default=0)
-    purged_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dicom_node.index.models import (
     Result,
     Series,
     Study,
+    StudyRetention,
     StudyState,
 )
 from dicom_node.storage.retention import (
@@ -33,7 +34,6 @@ from dicom_node.storage.retention import (
     JobFacts,
     RetentionPolicy,
     StudyFacts,
-    StudyRetention,
     acknowledge_failures,
     apply_retention,
     judge_study,
