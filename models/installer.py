@@ -239,6 +239,7 @@ def scaffold(name: str, out: Path, *, seed: int = 0) -> Path:
         write_legacy_pickled_module(network, out, _txrv_class_path, {SCAFFOLD_MARKER: True})
     else:
         state = network.state_dict()
-        state._metadata[""][SCAFFOLD_MARKER] = True  # type: ignore[attr-defined]
+        # state_dict() sets ``_metadata`` on the OrderedDict it returns; torch's annotations omit it.
+        vars(state)["_metadata"][""][SCAFFOLD_MARKER] = True
         torch.save(state, out)
     return out
