@@ -5,9 +5,10 @@ TorchXRayVision nothing):
 
 1. Its sha256, then its md5, is compared with every manifest's published hashes. A match names the
    model and makes the weights ``published`` with the manifest's version.
-2. Otherwise the file is read (a pickled module with the restricted unpickler, or a weights_only
-   state dict) and its state dict is checked against every architecture: the one whose keys and
-   shapes fit exactly is the model (``--model NAME`` instead pins it and skips the guessing).
+2. Otherwise the file is read (a pickled module by ``models.pickled_model``, which runs none of its
+   code, or a weights_only state dict) and its state dict is checked against every architecture: the
+   one whose keys and shapes fit exactly is the model (``--model NAME`` instead pins it and skips the
+   guessing).
 3. What the file then is:
    * written by ``scaffold`` (it carries a marker) → ``scaffold-<sha8>``: untrained, plumbing only;
    * ``--site`` → site-trained weights of this architecture, version ``site-<sha8>``;
@@ -35,17 +36,17 @@ from torch import nn
 
 from models.architectures import architecture_problems, build_network, check_architecture
 from models.errors import DownloadError, UnrecognisedWeightsError
+from models.legacy_writer import write_legacy_pickled_module
 from models.loader import WeightsRecord, file_hashes, weights_path, write_record
 from models.manifest import MODEL_NAMES, ModelManifest, load_manifest
 from models.pickled_model import (
+    SCAFFOLD_MARKER,
     PickledModelError,
     is_scaffold,
     load_pickled_module,
-    read_pickled_state_dict,
-    write_legacy_pickled_module,
+    pickled_state_dict,
 )
 
-SCAFFOLD_MARKER = "dicom_node_scaffold"
 MIRROR_ENV = "DICOM_NODE_MODELS_MIRROR"
 
 
@@ -73,7 +74,7 @@ def _read_any(path: Path) -> tuple[OrderedDict[str, torch.Tensor], bool, str]:
         metadata = getattr(obj, "_metadata", None) or {}
         scaffold = bool(metadata.get("", {}).get(SCAFFOLD_MARKER, False))
         return state, scaffold, "state-dict"
-    return read_pickled_state_dict(path), is_scaffold(module), "pickled-module"
+    return pickled_state_dict(module), is_scaffold(module), "pickled-module"
 
 
 def _by_hash(manifests: list[ModelManifest], sha256: str, md5: str) -> ModelManifest | None:
@@ -238,6 +239,7 @@ def scaffold(name: str, out: Path, *, seed: int = 0) -> Path:
         write_legacy_pickled_module(network, out, _txrv_class_path, {SCAFFOLD_MARKER: True})
     else:
         state = network.state_dict()
-        state._metadata[""][SCAFFOLD_MARKER] = True  # type: ignore[attr-defined]
+        # state_dict() sets ``_metadata`` on the OrderedDict it returns; torch's annotations omit it.
+        vars(state)["_metadata"][""][SCAFFOLD_MARKER] = True
         torch.save(state, out)
     return out

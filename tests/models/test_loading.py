@@ -14,8 +14,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from models.architectures import build_network
 from models.errors import ArchitectureMismatchError, ChecksumMismatchError, UnrecognisedWeightsError
 from models.installer import _txrv_class_path, import_weights, scaffold
+from models.legacy_writer import write_legacy_pickled_module
 from models.loader import file_hashes, load_model, verify_model, weights_path
-from models.pickled_model import write_legacy_pickled_module
 from models.registry import model_statuses
 from pipelines.errors import PipelineNotInstalledError
 from pipelines.findings import ClassificationResult, NoduleDetectionResult, SegmentationResult
