@@ -187,6 +187,7 @@ class Settings:
     destinations: tuple[Destination, ...] = ()
     routes: tuple[Mapping[str, Any], ...] = ()
     log_level: str = "INFO"
+    log_format: str = "text"
     retention_days: float = 0.0
     jobs: JobSettings = JobSettings()
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -229,8 +230,17 @@ _SCALARS: dict[str, Any] = {
     "max_associations": lambda v, name: _parse_int(v, name=name),
     "min_free_bytes": lambda v, name: _parse_int(v, name=name),
     "log_level": lambda v, name: str(v).upper(),
+    "log_format": lambda v, name: parse_log_format(v, name=name),
     "retention_days": lambda v, name: parse_days(v, name=name),
 }
+
+
+def parse_log_format(value: str, *, name: str) -> str:
+    """``text`` (the default) or ``json`` (one JSON object per log line)."""
+    fmt = str(value).strip().lower()
+    if fmt not in {"text", "json"}:
+        raise ConfigError(f'{name}: expected "text" or "json", got {value!r}')
+    return fmt
 
 
 def parse_days(value: str | float | int, *, name: str) -> float:

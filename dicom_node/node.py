@@ -14,6 +14,7 @@ from dicom_node.edge.scp import EdgeServer
 from dicom_node.index.database import Database
 from dicom_node.jobs.embedded import WorkerSupervisor
 from dicom_node.jobs.reconciler import ReconcilerThread
+from dicom_node.ops.metrics import MetricsServer
 from dicom_node.storage.ingest import Ingest
 from dicom_node.storage.recovery import RecoveryReport, recover
 from dicom_node.storage.store import InstanceStore
@@ -58,6 +59,7 @@ class Node:
         self.reconciler: ReconcilerThread | None = None
         self.supervisor: WorkerSupervisor | None = None
         self.metrics_port = metrics_port
+        self.metrics: MetricsServer | None = None
         if run_jobs:
             from dicom_node.jobs.celery_app import TaskQueue, create_app
 
@@ -75,10 +77,9 @@ class Node:
             self.supervisor.start()
         if self.metrics_port is not None:
             from dicom_node.jobs.celery_app import create_app, queue_depths
-            from dicom_node.ops.metrics import serve_metrics
 
             broker = create_app(self.settings)
-            serve_metrics(self.database, self.metrics_port, lambda: queue_depths(broker))
+            self.metrics = MetricsServer(self.metrics_port, self.database, lambda: queue_depths(broker))
         self._assembler = threading.Thread(target=self._assemble_loop, name="assembler", daemon=True)
         self._assembler.start()
         return report
@@ -103,6 +104,8 @@ class Node:
             self.reconciler.stop()
         if self._assembler is not None:
             self._assembler.join(timeout=5)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.database.dispose()
 
     def run_until_signalled(self, grace: float = 30.0) -> None:

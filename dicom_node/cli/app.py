@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from dicom_node.cli.support import (
     ConfigOption,
     JsonOption,
+    LogFormatOption,
     console,
     errors,
     iso,
@@ -34,15 +35,7 @@ db_app = typer.Typer(help="Index database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom logs every PDU at INFO; keep its own chatter at WARNING unless debugging.
-    if level.upper() != "DEBUG":
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+LOG = logging.getLogger(__name__)
 
 
 @app.command()
@@ -54,12 +47,20 @@ def serve(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Store, index and queue.")] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not start the embedded worker.")] = False,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus port.")] = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Receive studies over DICOM and run the node."""
+    settings = settings_or_exit(
+        config, ae_title=ae_title, host=host, port=port, data_dir=data_dir, log_format=log_format
+    )
+    if metrics_port is not None:
+        from dicom_node.ops.multiprocess import use_metrics_folder
+
+        # Before the node (and prometheus_client) is imported: serve, its embedded worker and the
+        # worker's pool processes all write their metrics there, and /metrics sums them.
+        use_metrics_folder(settings.data_dir / "metrics")
     from dicom_node.node import Node
 
-    settings = settings_or_exit(config, ae_title=ae_title, host=host, port=port, data_dir=data_dir)
-    _configure_logging(settings.log_level)
     try:
         node = Node(
             settings,
@@ -70,15 +71,24 @@ def serve(
         )
         report = node.start()
     except (DicomNodeError, OSError) as error:
-        errors.print(f"[red]cannot start:[/red] {error}")
+        if settings.log_format == "json":
+            LOG.error("cannot start: %s", error)
+        else:
+            errors.print(f"[red]cannot start:[/red] {error}")
         raise typer.Exit(1) from None
     assert node.address is not None
     host_bound, port_bound = node.address
-    errors.print(
+    started = (
         f"dicom-node {settings.ae_title} listening on {host_bound}:{port_bound}, "
         f"data in {settings.data_dir.resolve()}"
         + (f" (recovered: {report})" if any(vars(report).values()) else "")
     )
+    if settings.log_format == "json":
+        LOG.info(
+            started, extra={"ae_title": settings.ae_title, "port": port_bound, "metrics_port": metrics_port}
+        )
+    else:
+        errors.print(started)
     node.run_until_signalled(settings.shutdown_grace)
 
 

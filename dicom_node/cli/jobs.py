@@ -22,6 +22,7 @@ from sqlalchemy import delete, func, select, update
 from dicom_node.cli.support import (
     ConfigOption,
     JsonOption,
+    LogFormatOption,
     console,
     errors,
     iso,
@@ -281,21 +282,33 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
         queues: Annotated[str, typer.Option(help="Queues to consume, comma-separated.")] = "gpu,io",
         concurrency: Annotated[int, typer.Option(help="Tasks run at once (pool processes).", min=1)] = 1,
+        metrics_port: Annotated[
+            int | None, typer.Option("--metrics-port", help="Serve this worker's Prometheus metrics.")
+        ] = None,
+        log_format: LogFormatOption = None,
     ) -> None:
         """Run a worker on the node's queues (DICOM_NODE_BROKER_URL=redis://… to scale out)."""
-        import logging
-        import sys
+        import shutil
 
-        from dicom_node.jobs.worker import parse_queues, run_worker
+        from dicom_node.ops.multiprocess import metrics_folder, use_metrics_folder
 
-        settings = settings_or_exit(config)
+        settings = settings_or_exit(config, log_format=log_format)
+        # Before prometheus_client is imported (with the worker): the pool processes write their
+        # metrics to this host-local folder and /metrics sums them.
+        temporary = metrics_port is not None and metrics_folder() is None
+        folder = use_metrics_folder() if metrics_port is not None else None
         try:
-            queues = parse_queues(queues)
-        except ValueError as error:
-            errors.print(f"[red]{error}[/red]")
-            raise typer.Exit(2) from None
-        logging.basicConfig(level=settings.log_level, stream=sys.stderr)
-        run_worker(settings, queues, concurrency)
+            from dicom_node.jobs.worker import parse_queues, run_worker
+
+            try:
+                queues = parse_queues(queues)
+            except ValueError as error:
+                errors.print(f"[red]{error}[/red]")
+                raise typer.Exit(2) from None
+            run_worker(settings, queues, concurrency, metrics_port)
+        finally:
+            if temporary and folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
     @app.command()
     def jobs(

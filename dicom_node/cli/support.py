@@ -1,4 +1,5 @@
-"""What every ``dicom-node`` command module shares: the two consoles and opening the index."""
+"""What every ``dicom-node`` command module shares: the two consoles, the settings (and with them the
+logging every command configures) and opening the index."""
 
 from __future__ import annotations
 
@@ -12,21 +13,38 @@ from rich.console import Console
 from dicom_node.config import Settings, load_settings
 from dicom_node.errors import ConfigError
 from dicom_node.index.database import Database
+from dicom_node.ops.logging import configure_logging
 
 console = Console()
 errors = Console(stderr=True)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file.", exists=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help='Log lines as "text" or "json" (default: DICOM_NODE_LOG_FORMAT, log_format in the file, text).',
+    ),
+]
 
 
 def settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
-    """The settings, or exit code 2 with the configuration error on standard error."""
+    """The settings, or exit code 2 with the configuration error on standard error.
+
+    Logging is configured from them (``log_level``, ``log_format``), so every command logs alike.
+    """
     try:
-        return load_settings(config, **overrides)
+        settings = load_settings(config, **overrides)
     except ConfigError as error:
         errors.print(f"[red]configuration error:[/red] {error}")
         raise typer.Exit(2) from None
+    try:
+        configure_logging(settings.log_level, settings.log_format)
+    except ValueError as error:  # an unknown log_level
+        errors.print(f"[red]configuration error:[/red] {error}")
+        raise typer.Exit(2) from None
+    return settings
 
 
 def iso(value: datetime | None) -> str | None:

@@ -31,6 +31,7 @@ from sqlalchemy import update
 from dicom_node.config import DEFAULT_TIMEOUTS, Destination, DimseTimeouts, JobSettings, Settings
 from dicom_node.delivery.scu import FileToSend, SendReport, is_success, make_ae, set_nodelay
 from dicom_node.index.models import Delivery, DeliveryState, Job, utcnow
+from dicom_node.ops.metrics import DELIVERIES_FINISHED, DELIVERY_ATTEMPTS, DELIVERY_FAILURES, observe_stage
 
 if TYPE_CHECKING:
     from dicom_node.index.database import Database
@@ -166,6 +167,9 @@ def deliver(context: DeliveryContext, delivery_id: int) -> DeliveryOutcome:
         destination = Destination(
             name=delivery.destination, ae_title=delivery.ae_title, host=delivery.host, port=delivery.port
         )
+        job_finished_at = job.finished_at
+    fields = {"delivery_id": delivery_id, "job_id": job.id, "destination": destination.name}
+    DELIVERY_ATTEMPTS.labels(destination=destination.name).inc()
     error: str | None = None
     try:
         report = send_results(destination, files, context.settings.ae_title, context.settings.timeouts)
@@ -189,8 +193,15 @@ def deliver(context: DeliveryContext, delivery_id: int) -> DeliveryOutcome:
             delivery.state = DeliveryState.DELIVERED
             delivery.delivered_at = now
             delivery.error = None
-            LOG.info("delivery %d: %d objects to %s", delivery_id, len(files), destination.address)
+            DELIVERIES_FINISHED.labels(
+                destination=destination.name, outcome=DeliveryOutcome.DELIVERED.value
+            ).inc()
+            observe_stage("delivery", job_finished_at, now)
+            LOG.info(
+                "delivery %d: %d objects to %s", delivery_id, len(files), destination.address, extra=fields
+            )
             return DeliveryOutcome.DELIVERED
+        DELIVERY_FAILURES.labels(destination=destination.name).inc()
         delivery.failures += 1
         delivery.error = error
         delay = backoff_delay(
@@ -199,7 +210,12 @@ def deliver(context: DeliveryContext, delivery_id: int) -> DeliveryOutcome:
         first = delivery.first_attempt_at or now
         if (now + timedelta(seconds=delay) - first).total_seconds() > context.jobs.delivery_horizon:
             delivery.state = DeliveryState.FAILED
-            LOG.error("delivery %d to %s failed for good: %s", delivery_id, destination.address, error)
+            DELIVERIES_FINISHED.labels(
+                destination=destination.name, outcome=DeliveryOutcome.FAILED.value
+            ).inc()
+            LOG.error(
+                "delivery %d to %s failed for good: %s", delivery_id, destination.address, error, extra=fields
+            )
             return DeliveryOutcome.FAILED
         delivery.state = DeliveryState.PENDING
         delivery.next_attempt_at = now + timedelta(seconds=delay)
@@ -209,6 +225,7 @@ def deliver(context: DeliveryContext, delivery_id: int) -> DeliveryOutcome:
             destination.address,
             error,
             delay,
+            extra=fields,
         )
         return DeliveryOutcome.RETRYING
 

@@ -24,6 +24,7 @@ from dicom_node.config import AccessPolicy
 from dicom_node.errors import IngestError, UnreadableDatasetError
 from dicom_node.index.audit import AuditTrail
 from dicom_node.index.models import AssociationOutcome
+from dicom_node.ops.metrics import REFUSED_ASSOCIATIONS, REFUSED_INSTANCES
 from dicom_node.storage.ingest import Ingest, describe_instance
 from dicom_node.storage.integrity import check_complete
 from dicom_node.storage.part10 import PREAMBLE, file_meta
@@ -37,6 +38,11 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_NO_REASON = (0x01, 0x01, 0x01)
 REJECT_BUSY = (0x02, 0x03, 0x02)
 ERROR_COMMENT_MAX = 64
+REFUSAL_METRIC_REASONS = {
+    REJECT_NO_REASON: "address",
+    REJECT_CALLING_AE: "calling_ae_title",
+    REJECT_CALLED_AE: "called_ae_title",
+}
 
 
 def status_dataset(status: int, comment: str | None = None) -> Dataset:
@@ -46,6 +52,12 @@ def status_dataset(status: int, comment: str | None = None) -> Dataset:
     if comment:
         ds.ErrorComment = comment.replace("\\", "/")[:ERROR_COMMENT_MAX]
     return ds
+
+
+def _reason(error: Exception) -> str:
+    """``StorageFullError`` → ``storage_full``: the ``reason`` label of a refused instance."""
+    name = type(error).__name__.removesuffix("Error")
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
 def _peer(assoc: Association) -> tuple[str, int]:
@@ -108,7 +120,17 @@ class EdgeHandlers:
         if refusal is None:
             return
         (result, source, reason), text = refusal
-        LOG.warning("refused association from %s@%s:%d: %s", calling, address, port, text)
+        REFUSED_ASSOCIATIONS.labels(
+            reason=REFUSAL_METRIC_REASONS.get((result, source, reason), "other")
+        ).inc()
+        LOG.warning(
+            "refused association from %s@%s:%d: %s",
+            calling,
+            address,
+            port,
+            text,
+            extra={"calling_ae": calling, "called_ae": called, "peer_address": address, "reason": text},
+        )
         self.audit.opened(
             calling_ae=calling,
             called_ae=called,
@@ -134,19 +156,26 @@ class EdgeHandlers:
             tls=self.tls,
         )
         self._records[assoc] = record_id
+        calling = assoc.requestor.ae_title.strip()
         LOG.info(
             "association %d accepted from %s@%s:%d",
             record_id,
-            assoc.requestor.ae_title.strip(),
+            calling,
             address,
             port,
+            extra={"association_id": record_id, "calling_ae": calling, "peer_address": address},
         )
 
     def _close(self, assoc: Association, outcome: AssociationOutcome) -> None:
         record_id = self._records.pop(assoc, None)
         if record_id is not None:
             self.audit.closed(record_id, outcome)
-            LOG.info("association %d %s", record_id, outcome)
+            LOG.info(
+                "association %d %s",
+                record_id,
+                outcome,
+                extra={"association_id": record_id, "outcome": outcome},
+            )
 
     def handle_released(self, event: evt.Event) -> None:
         self._close(event.assoc, AssociationOutcome.RELEASED)
@@ -200,8 +229,20 @@ class EdgeHandlers:
         except IngestError as error:
             if record_id is not None:
                 self.audit.refused(record_id)
-            LOG.warning("refused instance %s: 0x%04X %s", request.AffectedSOPInstanceUID, error.status, error)
+            status, uid = f"0x{error.status:04X}", str(request.AffectedSOPInstanceUID or "")
+            REFUSED_INSTANCES.labels(status=status, reason=_reason(error)).inc()
+            LOG.warning(
+                "refused instance %s: %s %s",
+                uid,
+                status,
+                error,
+                extra={"sop_instance_uid": uid, "association_id": record_id, "status": status},
+            )
             return status_dataset(error.status, str(error))
+        except Exception:
+            # pynetdicom logs it and answers 0xC211 (refused: cannot understand).
+            REFUSED_INSTANCES.labels(status="0xC211", reason="unexpected").inc()
+            raise
         if record_id is not None:
             self.audit.accepted(record_id, result.size)
         return SUCCESS

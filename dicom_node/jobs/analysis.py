@@ -46,7 +46,8 @@ from dicom_node.index.models import (
 )
 from dicom_node.jobs.context import worker_name
 from dicom_node.jobs.registry import Pipeline, PipelineUnavailableError
-from dicom_node.storage.ingest import describe_instance
+from dicom_node.ops.metrics import ANALYSIS_STAGE_SECONDS, JOBS_FINISHED, observe_job_stages
+from dicom_node.storage.ingest import InstanceSource, describe_instance
 
 if TYPE_CHECKING:
     from dicom_node.config import Destination, Settings
@@ -103,7 +104,12 @@ class _LeaseHeartbeat:
                         execution_options={"synchronize_session": False},
                     )
             except Exception:
-                LOG.warning("job %d: could not renew the lease", self.job_id, exc_info=True)
+                LOG.warning(
+                    "job %d: could not renew the lease",
+                    self.job_id,
+                    exc_info=True,
+                    extra={"job_id": self.job_id},
+                )
 
 
 def claim_job(context: WorkerContext, job_id: int) -> str | None:
@@ -168,7 +174,9 @@ def store_results(
     for ds in datasets:
         data = encode(ds)
         received = describe_instance(ds, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID))
-        context.ingest.store_encoded(received, data, calling_ae_title=context.settings.ae_title)
+        context.ingest.store_encoded(
+            received, data, calling_ae_title=context.settings.ae_title, source=InstanceSource.RESULT
+        )
         results.append(
             Result(
                 job_id=job.id,
@@ -236,7 +244,9 @@ def run_job(context: WorkerContext, job_id: int) -> JobOutcome:
     """Run job ``job_id`` to its end state (see the module docstring)."""
     token = claim_job(context, job_id)
     if token is None:
-        LOG.info("job %d: nothing to do (finished, or another worker holds it)", job_id)
+        LOG.info(
+            "job %d: nothing to do (finished, or another worker holds it)", job_id, extra={"job_id": job_id}
+        )
         return JobOutcome.NOT_CLAIMED
     with context.database.sessions() as session:
         job = session.get(Job, job_id)
@@ -244,30 +254,38 @@ def run_job(context: WorkerContext, job_id: int) -> JobOutcome:
         pipeline_name = job.pipeline
         study_uid = job.study.study_instance_uid
         attempts = job.attempts
+        stamps = (job.stable_at, job.queued_at, job.started_at)
+    fields = {"job_id": job_id, "pipeline": pipeline_name, "study_instance_uid": study_uid}
     if attempts > context.jobs.max_attempts:
         _finish(context, job_id, token, JobState.FAILED, f"gave up after {attempts - 1} attempts")
+        JOBS_FINISHED.labels(pipeline=pipeline_name, outcome=JobOutcome.FAILED.value).inc()
         return JobOutcome.FAILED
-    LOG.info("job %d: %s on study %s (attempt %d)", job_id, pipeline_name, study_uid, attempts)
+    LOG.info("job %d: %s on study %s (attempt %d)", job_id, pipeline_name, study_uid, attempts, extra=fields)
     try:
         with _LeaseHeartbeat(context, job_id, token):
             delivery_ids = _analyse(context, job, token)
     except PipelineUnavailableError as error:
         _finish(context, job_id, token, JobState.SKIPPED, str(error))
-        LOG.warning("job %d skipped: %s", job_id, error)
+        JOBS_FINISHED.labels(pipeline=pipeline_name, outcome=JobOutcome.SKIPPED.value).inc()
+        LOG.warning("job %d skipped: %s", job_id, error, extra=fields)
         return JobOutcome.SKIPPED
     except (OperationalError, TransientJobError) as error:
         _release(context, job_id, token, f"transient: {error}")
+        JOBS_FINISHED.labels(pipeline=pipeline_name, outcome="retried").inc()
         raise
     except Exception as error:
         _finish(context, job_id, token, JobState.FAILED, f"{type(error).__name__}: {error}")
-        LOG.error("job %d failed: %s", job_id, error)
+        JOBS_FINISHED.labels(pipeline=pipeline_name, outcome=JobOutcome.FAILED.value).inc()
+        LOG.error("job %d failed: %s", job_id, error, extra=fields)
         raise
     if delivery_ids is None:
-        LOG.warning("job %d: lost its claim while running; another worker finishes it", job_id)
+        LOG.warning("job %d: lost its claim while running; another worker finishes it", job_id, extra=fields)
         return JobOutcome.NOT_CLAIMED
+    JOBS_FINISHED.labels(pipeline=pipeline_name, outcome=JobOutcome.SUCCEEDED.value).inc()
+    observe_job_stages(*stamps, utcnow())
     for delivery_id in delivery_ids:
         context.queue.enqueue_delivery(delivery_id)
-    LOG.info("job %d succeeded; %d deliveries queued", job_id, len(delivery_ids))
+    LOG.info("job %d succeeded; %d deliveries queued", job_id, len(delivery_ids), extra=fields)
     return JobOutcome.SUCCEEDED
 
 
@@ -277,11 +295,13 @@ def _analyse(context: WorkerContext, job: Job, token: str) -> list[int] | None:
         raise MissingInputError(f"series of job {job.id} has no stored instances")
     pipeline = context.registry.pipeline(job.pipeline, context.settings.models_dir)
     try:
-        findings = pipeline.run(paths)
+        findings, seconds = pipeline.run_timed(paths)
     except Exception as error:
         if _is_not_installed(error):
             raise PipelineUnavailableError(str(error)) from error
         raise
+    for stage, value in seconds.items():
+        ANALYSIS_STAGE_SECONDS.labels(pipeline=job.pipeline, stage=stage).observe(value)
     sources = [pydicom.dcmread(p) for p in paths]
     writer = context.registry.writer(job.pipeline)
     profiles = sorted({d.profile for d in context.settings.destinations}) or ["standard"]
@@ -317,4 +337,8 @@ def _release(context: WorkerContext, job_id: int, token: str, error: str) -> Non
             return
         except OperationalError:  # SQLite "database is locked" under several writer processes
             time.sleep(0.2 * (attempt + 1))
-    LOG.warning("job %d: could not release the claim; the reconciler re-queues it after the lease", job_id)
+    LOG.warning(
+        "job %d: could not release the claim; the reconciler re-queues it after the lease",
+        job_id,
+        extra={"job_id": job_id},
+    )

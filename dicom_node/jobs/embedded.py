@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from dicom_node.config import Settings
+from dicom_node.ops.metrics import process_exited
 
 LOG = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ def worker_environment(settings: Settings, config_file: Path | None) -> dict[str
     env["DICOM_NODE_DATABASE_URL"] = settings.effective_database_url
     env["DICOM_NODE_BROKER_URL"] = settings.effective_broker_url
     env["DICOM_NODE_LOG_LEVEL"] = settings.log_level
+    env["DICOM_NODE_LOG_FORMAT"] = settings.log_format
     if config_file is not None:
         env["DICOM_NODE_CONFIG"] = str(config_file.resolve())
     return env
@@ -50,12 +52,19 @@ class WorkerSupervisor:
         delay = 1.0
         while not self._stop.is_set():
             self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True)
-            LOG.info("embedded worker started (pid %d)", self.process.pid)
+            pid = self.process.pid
+            LOG.info("embedded worker started (pid %d)", pid, extra={"worker_pid": pid})
             code = self.process.wait()
+            process_exited(pid)
             if self._stop.is_set():
                 return
             self.restarts += 1
-            LOG.warning("embedded worker exited with %s; restarting in %.0f s", code, delay)
+            LOG.warning(
+                "embedded worker exited with %s; restarting in %.0f s",
+                code,
+                delay,
+                extra={"worker_pid": pid, "exit_code": code},
+            )
             self._stop.wait(delay)
             delay = min(delay * 2, 60.0)
 

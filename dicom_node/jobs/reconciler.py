@@ -74,7 +74,12 @@ def route_pending_studies(session: Session, settings: Settings) -> list[int]:
         created = create_jobs(session, study, decision)
         job_ids += created
         if decision.reason:
-            LOG.info("study %s not analysed: %s", study.study_instance_uid, decision.reason)
+            LOG.info(
+                "study %s not analysed: %s",
+                study.study_instance_uid,
+                decision.reason,
+                extra={"study_instance_uid": study.study_instance_uid, "reason": decision.reason},
+            )
         else:
             LOG.info(
                 "study %s revision %d routed to %s (%d new jobs)",
@@ -82,6 +87,12 @@ def route_pending_studies(session: Session, settings: Settings) -> list[int]:
                 study.revision,
                 ", ".join(m.pipeline for m in decision.matches),
                 len(created),
+                extra={
+                    "study_instance_uid": study.study_instance_uid,
+                    "revision": study.revision,
+                    "pipelines": [m.pipeline for m in decision.matches],
+                    "job_ids": created,
+                },
             )
     return job_ids
 
@@ -129,7 +140,13 @@ def _requeue_jobs(session: Session, jobs: JobSettings, now: datetime) -> list[in
             execution_options={"synchronize_session": False},
         )
         if getattr(result, "rowcount", 0) and values.get("state") != JobState.FAILED:
-            LOG.info("job %d (%s): lease ran out while %s; enqueued again", job.id, job.pipeline, job.state)
+            LOG.info(
+                "job %d (%s): lease ran out while %s; enqueued again",
+                job.id,
+                job.pipeline,
+                job.state,
+                extra={"job_id": job.id, "pipeline": job.pipeline, "state": job.state},
+            )
             ids.append(job.id)
     return ids
 

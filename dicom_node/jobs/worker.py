@@ -9,17 +9,21 @@ worker in the index, which is how ``status`` lists live workers whatever the bro
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from celery import signals
 
 from dicom_node.config import Settings, load_settings
 from dicom_node.index.database import Database
 from dicom_node.jobs.celery_app import QUEUES, create_app, is_embedded
 from dicom_node.jobs.context import worker_name
 from dicom_node.jobs.reconciler import ReconcilerThread, WorkerIdentity
+from dicom_node.ops.logging import configure_logging
+from dicom_node.ops.metrics import MetricsServer, process_exited
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("dicom_node.jobs.worker")  # not "__main__" under python -m
 
 
 def parse_queues(text: str) -> str:
@@ -30,8 +34,10 @@ def parse_queues(text: str) -> str:
     return ",".join(queues)
 
 
-def worker_argv(queues: str, concurrency: int, name: str, log_level: str) -> list[str]:
+def worker_argv(queues: str, concurrency: int, name: str, log_level: str, quiet: bool = False) -> list[str]:
+    """Celery's command line; ``quiet`` leaves out the start-up banner (on stdout, not a log record)."""
     return [
+        *(["--quiet"] if quiet else []),
         "worker",
         f"--queues={queues}",
         f"--concurrency={concurrency}",
@@ -45,9 +51,28 @@ def worker_argv(queues: str, concurrency: int, name: str, log_level: str) -> lis
     ]
 
 
-def run_worker(settings: Settings, queues: str = "gpu,io", concurrency: int = 1) -> None:
-    """Run until SIGTERM/SIGINT (Celery's warm shutdown finishes the running task first)."""
+def keep_node_logging(**_kwargs: Any) -> None:
+    """Receiver of Celery's ``setup_logging``: with one connected, Celery installs no handlers and does
+    not redirect stdout/stderr, so its own records and the tasks' go through ``configure_logging``'s."""
+
+
+def child_exited(pid: int | None = None, **_kwargs: Any) -> None:
+    """Receiver of ``worker_process_shutdown`` (in the prefork child): multiprocess metrics bookkeeping."""
+    if pid is not None:
+        process_exited(pid)
+
+
+def run_worker(
+    settings: Settings, queues: str = "gpu,io", concurrency: int = 1, metrics_port: int | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT (Celery's warm shutdown finishes the running task first).
+
+    With ``metrics_port``, serve this worker's counters and histograms (summed over its pool processes
+    when ``ops.multiprocess.use_metrics_folder`` ran first) on ``/metrics``.
+    """
     queues = parse_queues(queues)
+    signals.setup_logging.connect(keep_node_logging)
+    signals.worker_process_shutdown.connect(child_exited)
     database = Database(settings.effective_database_url)
     database.upgrade()
     app = create_app(settings)
@@ -56,10 +81,20 @@ def run_worker(settings: Settings, queues: str = "gpu,io", concurrency: int = 1)
         database, settings, app.context().queue, WorkerIdentity(name, queues, concurrency)
     )
     reconciler.start()
-    LOG.info("worker %s on %s (%s broker)", name, queues, "embedded" if is_embedded(settings) else "external")
+    metrics = MetricsServer(metrics_port) if metrics_port is not None else None
+    LOG.info(
+        "worker %s on %s (%s broker)",
+        name,
+        queues,
+        "embedded" if is_embedded(settings) else "external",
+        extra={"worker": name, "queues": queues, "metrics_port": metrics_port},
+    )
     try:
-        app.worker_main(worker_argv(queues, concurrency, name, settings.log_level))
+        quiet = settings.log_format == "json"
+        app.worker_main(worker_argv(queues, concurrency, name, settings.log_level, quiet))
     finally:
+        if metrics is not None:
+            metrics.stop()
         reconciler.stop()
         database.dispose()
 
@@ -67,8 +102,8 @@ def run_worker(settings: Settings, queues: str = "gpu,io", concurrency: int = 1)
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m dicom_node.jobs.worker [QUEUES [CONCURRENCY]]``: settings from the environment only."""
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=os.environ.get("DICOM_NODE_LOG_LEVEL", "INFO"), stream=sys.stderr)
     settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
     run_worker(settings, args[0] if args else "gpu,io", int(args[1]) if len(args) > 1 else 1)
 
 

@@ -1,34 +1,94 @@
-"""Prometheus metrics, computed at scrape time from the index and the broker.
+"""Prometheus metrics: counters and histograms observed where the work finishes, in one place.
 
-Workers, the edge and the embedded worker are separate processes; the index is what they share, so the
-collector reads it rather than keeping per-process counters that would need prometheus' multiprocess
-mode. Exposed:
+The stages import the metric objects below and observe them when their work is done: the ingest step
+after the index commit, the edge when it refuses, a job when it ends, a delivery when it is sent.
+Counters never go down (retention deleting images leaves ``dicom_node_received_instances_total`` as it
+was); a process restart starts them again from zero, which Prometheus' ``rate`` and ``increase`` expect.
 
-* ``dicom_node_received_instances_total`` — instances stored (received or written as results);
-* ``dicom_node_jobs{state, pipeline}`` and ``dicom_node_deliveries{state}`` — rows by state;
-* ``dicom_node_delivery_failures_total`` — failed delivery attempts, summed over deliveries;
-* ``dicom_node_queue_depth{queue}`` — messages waiting in the broker;
-* ``dicom_node_stage_seconds{stage}`` — a summary (sum, count) of the per-stage latencies of finished
-  work: ``queued`` (study stable → job enqueued), ``waiting`` (enqueued → started), ``analysis``
-  (started → results written), ``delivery`` (written → delivered).
+The node runs in several processes, so with a metrics port they run in prometheus_client's
+multiprocess mode (``ops.multiprocess``) and ``/metrics`` sums every process's files. A few current-state
+gauges are read from the index at scrape time, as indexed COUNTs of non-terminal rows only.
+
+Counters (``_total`` is added on exposition):
+
+* ``dicom_node_received_instances{outcome=stored|duplicate|replaced, source=received|result}``;
+* ``dicom_node_refused_instances{status, reason}`` — C-STORE requests answered with a failure status;
+* ``dicom_node_refused_associations{reason=address|calling_ae_title|called_ae_title}``;
+* ``dicom_node_jobs_finished{pipeline, outcome=succeeded|failed|skipped|retried}``;
+* ``dicom_node_delivery_attempts{destination}``, ``dicom_node_delivery_failures{destination}`` (failed
+  attempts) and ``dicom_node_deliveries_finished{destination, outcome=delivered|failed}``.
+
+Histograms (seconds):
+
+* ``dicom_node_stage_seconds{stage}`` — per stage of work that succeeded: ``queued`` (study stable →
+  job enqueued), ``waiting`` (enqueued → started), ``analysis`` (started → results stored), observed
+  when the job succeeds; ``delivery`` (job finished → delivered), observed when a delivery succeeds;
+* ``dicom_node_analysis_stage_seconds{pipeline, stage=load|preprocess|inference|postprocess}`` — what
+  the pipeline's ``run_timed`` reports.
+
+Gauges read at scrape time (``serve`` only): ``dicom_node_jobs{state=queued|running, pipeline}``,
+``dicom_node_deliveries{state=pending|sending}``, ``dicom_node_queue_depth{queue}``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from dicom_node.index.database import Database
-from dicom_node.index.models import Delivery, DeliveryState, Instance, Job, JobState
+from dicom_node.index.models import Delivery, DeliveryState, Job, JobState
+from dicom_node.ops.multiprocess import metrics_folder
 
 STAGES = ("queued", "waiting", "analysis", "delivery")
+LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+PIPELINE_STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+ACTIVE_DELIVERY_STATES = (DeliveryState.PENDING, DeliveryState.SENDING)
 QueueDepths = Callable[[], dict[str, int | None]]
 """Messages waiting per broker queue (``jobs.celery_app.queue_depths``), given by the composition root."""
+
+RECEIVED_INSTANCES = Counter(
+    "dicom_node_received_instances",
+    "Instances kept by the ingest step (counted once the index commit returned).",
+    ["outcome", "source"],
+)
+REFUSED_INSTANCES = Counter(
+    "dicom_node_refused_instances", "C-STORE requests answered with a failure status.", ["status", "reason"]
+)
+REFUSED_ASSOCIATIONS = Counter(
+    "dicom_node_refused_associations", "Associations rejected by the access checks.", ["reason"]
+)
+JOBS_FINISHED = Counter(
+    "dicom_node_jobs_finished",
+    "Analysis jobs that ended, or went back to the queue.",
+    ["pipeline", "outcome"],
+)
+DELIVERY_ATTEMPTS = Counter("dicom_node_delivery_attempts", "Delivery attempts started.", ["destination"])
+DELIVERY_FAILURES = Counter("dicom_node_delivery_failures", "Failed delivery attempts.", ["destination"])
+DELIVERIES_FINISHED = Counter(
+    "dicom_node_deliveries_finished",
+    "Deliveries that ended: delivered, or failed for good (the dead letter).",
+    ["destination", "outcome"],
+)
+STAGE_SECONDS = Histogram(
+    "dicom_node_stage_seconds",
+    "Latency of each stage of work that succeeded.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+ANALYSIS_STAGE_SECONDS = Histogram(
+    "dicom_node_analysis_stage_seconds",
+    "Seconds per pipeline stage, as the pipeline reports them.",
+    ["pipeline", "stage"],
+    buckets=PIPELINE_STAGE_BUCKETS,
+)
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -37,37 +97,30 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return max((end - start).total_seconds(), 0.0)
 
 
-def stage_durations(database: Database) -> dict[str, list[float]]:
-    """Per-stage latencies (seconds) of every finished job and its delivered deliveries."""
-    stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    with database.sessions() as session:
-        rows = session.execute(
-            select(Job.stable_at, Job.queued_at, Job.started_at, Job.finished_at, Job.id).where(
-                Job.state == JobState.SUCCEEDED
-            )
-        ).all()
-        delivered = session.execute(
-            select(Delivery.job_id, Delivery.delivered_at).where(Delivery.state == DeliveryState.DELIVERED)
-        ).all()
-    finished = {}
-    for stable, queued, started, done, job_id in rows:
-        finished[job_id] = done
-        for stage, value in zip(
-            STAGES[:3],
-            (_seconds(stable, queued), _seconds(queued, started), _seconds(started, done)),
-            strict=True,
-        ):
-            if value is not None:
-                stages[stage].append(value)
-    for job_id, delivered_at in delivered:
-        value = _seconds(finished.get(job_id), delivered_at)
-        if value is not None:
-            stages["delivery"].append(value)
-    return stages
+def observe_stage(stage: str, start: datetime | None, end: datetime | None) -> None:
+    """Observe ``end - start`` for ``stage`` (one of ``STAGES``) when both times are known."""
+    value = _seconds(start, end)
+    if value is not None:
+        STAGE_SECONDS.labels(stage=stage).observe(value)
 
 
-class IndexCollector(Collector):
-    """Reads the index (and the broker's queue depths) on every scrape."""
+def observe_job_stages(
+    stable_at: datetime | None, queued_at: datetime | None, started_at: datetime | None, finished_at: datetime
+) -> None:
+    """The ``queued``, ``waiting`` and ``analysis`` latencies of a job that succeeded."""
+    observe_stage("queued", stable_at, queued_at)
+    observe_stage("waiting", queued_at, started_at)
+    observe_stage("analysis", started_at, finished_at)
+
+
+def process_exited(pid: int) -> None:
+    """Multiprocess bookkeeping for a child process that ended (drops its live-gauge files)."""
+    if metrics_folder() is not None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class StateCollector(Collector):
+    """Current-state gauges, read on every scrape: indexed COUNTs of non-terminal rows, queue depths."""
 
     def __init__(self, database: Database, queue_depths: QueueDepths | None = None) -> None:
         self.database = database
@@ -75,27 +128,28 @@ class IndexCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self.database.sessions() as session:
-            instances = session.scalar(select(func.count(Instance.id))) or 0
             jobs = session.execute(
-                select(Job.state, Job.pipeline, func.count()).group_by(Job.state, Job.pipeline)
+                select(Job.state, Job.pipeline, func.count())
+                .where(Job.state.in_(ACTIVE_JOB_STATES))
+                .group_by(Job.state, Job.pipeline)
+            ).all()
+            deliveries = dict(
+                session.execute(
+                    select(Delivery.state, func.count())
+                    .where(Delivery.state.in_(ACTIVE_DELIVERY_STATES))
+                    .group_by(Delivery.state)
+                ).all()
             )
-            job_rows = list(jobs.all())
-            deliveries = list(
-                session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
-            )
-            failures = session.scalar(select(func.coalesce(func.sum(Delivery.failures), 0))) or 0
-        yield CounterMetricFamily("dicom_node_received_instances", "Instances stored.", value=instances)
-        gauge = GaugeMetricFamily("dicom_node_jobs", "Analysis jobs by state.", labels=["state", "pipeline"])
-        for state, pipeline, count in job_rows:
+        gauge = GaugeMetricFamily(
+            "dicom_node_jobs", "Analysis jobs queued or running.", labels=["state", "pipeline"]
+        )
+        for state, pipeline, count in jobs:
             gauge.add_metric([state, pipeline], count)
         yield gauge
-        gauge = GaugeMetricFamily("dicom_node_deliveries", "Deliveries by state.", labels=["state"])
-        for state, count in deliveries:
-            gauge.add_metric([state], count)
+        gauge = GaugeMetricFamily("dicom_node_deliveries", "Deliveries pending or sending.", labels=["state"])
+        for delivery_state in ACTIVE_DELIVERY_STATES:
+            gauge.add_metric([delivery_state.value], deliveries.get(delivery_state, 0))
         yield gauge
-        yield CounterMetricFamily(
-            "dicom_node_delivery_failures", "Failed delivery attempts.", value=int(failures)
-        )
         gauge = GaugeMetricFamily(
             "dicom_node_queue_depth", "Messages waiting in the broker.", labels=["queue"]
         )
@@ -104,22 +158,51 @@ class IndexCollector(Collector):
             if depth is not None:
                 gauge.add_metric([queue], depth)
         yield gauge
-        summary = SummaryMetricFamily(
-            "dicom_node_stage_seconds", "Latency of each stage of finished work.", labels=["stage"]
-        )
-        for stage, values in stage_durations(self.database).items():
-            summary.add_metric([stage], count_value=len(values), sum_value=sum(values))
-        yield summary
 
 
-def metrics_registry(database: Database, queue_depths: QueueDepths | None = None) -> CollectorRegistry:
+class _ThisProcess(Collector):
+    """This process's metrics (and prometheus_client's process and platform ones) when not multiprocess."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
+def scrape_registry(
+    database: Database | None = None, queue_depths: QueueDepths | None = None
+) -> CollectorRegistry:
+    """What ``/metrics`` shows: every process's counters and histograms, plus the state gauges if
+    ``database`` is given (``serve``; a worker on another host shows only its own work)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(IndexCollector(database, queue_depths))
+    if metrics_folder() is not None:
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_ThisProcess())
+    if database is not None:
+        registry.register(StateCollector(database, queue_depths))
     return registry
 
 
-def serve_metrics(
-    database: Database, port: int, queue_depths: QueueDepths | None = None, host: str = "0.0.0.0"
-) -> None:
-    """Serve ``/metrics`` on ``port`` from a daemon thread."""
-    start_http_server(port, addr=host, registry=metrics_registry(database, queue_depths))
+class MetricsServer:
+    """``/metrics`` on ``port``, served from a daemon thread until ``stop``."""
+
+    def __init__(
+        self,
+        port: int,
+        database: Database | None = None,
+        queue_depths: QueueDepths | None = None,
+        host: str = "0.0.0.0",
+    ) -> None:
+        self.server: WSGIServer
+        self.thread: threading.Thread
+        self.server, self.thread = start_http_server(
+            port, addr=host, registry=scrape_registry(database, queue_depths)
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)

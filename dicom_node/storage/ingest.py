@@ -37,6 +37,7 @@ from dicom_node.index.models import (
     UtcDateTime,
     utcnow,
 )
+from dicom_node.ops.metrics import RECEIVED_INSTANCES
 from dicom_node.storage.store import InstanceStore, StoredFile, validate_uid
 
 LOG = logging.getLogger(__name__)
@@ -74,6 +75,13 @@ class StoreOutcome(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"
     REPLACED = "replaced"
+
+
+class InstanceSource(StrEnum):
+    """Where a stored instance came from: received over DICOM (or recovered), or a result we wrote."""
+
+    RECEIVED = "received"
+    RESULT = "result"
 
 
 def _raw_value(ds: Dataset, keyword: str) -> str | None:
@@ -229,6 +237,12 @@ class StoreResult:
     size: int
 
 
+def _counted(result: StoreResult, source: InstanceSource) -> StoreResult:
+    """Count an instance kept (its index commit has returned) in ``dicom_node_received_instances``."""
+    RECEIVED_INSTANCES.labels(outcome=result.outcome.value, source=source.value).inc()
+    return result
+
+
 class Ingest:
     """Everything the C-STORE handler needs: the store, the index and one write lock per process."""
 
@@ -246,6 +260,7 @@ class Ingest:
         *,
         calling_ae_title: str | None = None,
         association_id: int | None = None,
+        source: InstanceSource = InstanceSource.RECEIVED,
     ) -> StoreResult:
         """Write ``encoded`` (a complete DICOM file, or its parts in order) and index it."""
         relative = self.store.relative_path(
@@ -257,8 +272,11 @@ class Ingest:
             with self._lock:
                 for attempt in range(3):
                     try:
-                        return self._commit(
-                            received, relative, tmp_path, written, calling_ae_title, association_id
+                        return _counted(
+                            self._commit(
+                                received, relative, tmp_path, written, calling_ae_title, association_id
+                            ),
+                            source,
                         )
                     except IntegrityError:
                         # Another process inserted the same study/series/instance first; retry.
@@ -308,6 +326,14 @@ class Ingest:
             outcome,
             received.sop_instance_uid,
             received.study_instance_uid,
+            extra={
+                "outcome": outcome.value,
+                "sop_instance_uid": received.sop_instance_uid,
+                "series_instance_uid": received.series_instance_uid,
+                "study_instance_uid": received.study_instance_uid,
+                "calling_ae": calling_ae_title,
+                "association_id": association_id,
+            },
         )
         return StoreResult(outcome, received.sop_instance_uid, written.size)
 

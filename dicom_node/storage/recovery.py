@@ -54,7 +54,7 @@ def recover(ingest: Ingest, audit: AuditTrail) -> RecoveryReport:
             target.parent.mkdir(parents=True, exist_ok=True)
             path.replace(target)
             quarantined += 1
-            LOG.error("moved unreadable file %s to quarantine: %s", relative, error)
+            LOG.error("moved unreadable file %s to quarantine: %s", relative, error, extra={"path": relative})
     missing = 0
     with database.session() as session:
         for instance in session.scalars(select(Instance)).all():

@@ -341,6 +341,7 @@ def purge_study(
         verdict.instances,
         verdict.bytes,
         verdict.study_instance_uid,
+        extra={"study_instance_uid": verdict.study_instance_uid, "instances": verdict.instances},
     )
     return verdict, missing
 

@@ -103,5 +103,6 @@ def assemble(database: Database, settings: Settings, now: datetime | None = None
                 study.study_instance_uid,
                 study.revision,
                 ", forced by max_study_age" if forced else "",
+                extra={"study_instance_uid": study.study_instance_uid, "revision": study.revision},
             )
     return completed

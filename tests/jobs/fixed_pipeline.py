@@ -1,8 +1,9 @@
 """A test-only, fixed-cost pipeline and a minimal result writer, loaded by workers as a ``[jobs]`` plugin.
 
 ``fixed-cost`` sleeps ``DICOM_NODE_TEST_PIPELINE_SECONDS`` (default 0.2 s) and reports how many images
-it saw; the writer turns that into one Basic Text SR whose UIDs derive from (study, pipeline, model
-version), as the real writers' do. Plumbing only: it analyses nothing.
+it saw (``run_timed`` also gives the seconds of its ``load`` and ``inference`` stages); the writer turns
+that into one Basic Text SR whose UIDs derive from (study, pipeline, model version), as the real
+writers' do. Plumbing only: it analyses nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pipelines.base import StageTimer
 
 NAME = "fixed-cost"
 VERSION = "test-1"
@@ -36,12 +39,21 @@ class FixedFindings:
 
 
 class FixedCostPipeline:
+    name = NAME
     model_version = VERSION
 
+    def run_timed(self, paths: Sequence[Path]) -> tuple[FixedFindings, dict[str, float]]:
+        """``load`` reads the first header, ``inference`` is the fixed sleep; seconds as timed."""
+        timer = StageTimer()
+        first = timer("load", lambda: dcmread(paths[0], stop_before_pixels=True))
+        timer(
+            "inference", lambda: time.sleep(float(os.environ.get("DICOM_NODE_TEST_PIPELINE_SECONDS", "0.2")))
+        )
+        findings = FixedFindings(ModelInfo(NAME, VERSION), str(first.StudyInstanceUID), len(paths))
+        return findings, timer.seconds
+
     def run(self, paths: Sequence[Path]) -> FixedFindings:
-        first = dcmread(paths[0], stop_before_pixels=True)
-        time.sleep(float(os.environ.get("DICOM_NODE_TEST_PIPELINE_SECONDS", "0.2")))
-        return FixedFindings(ModelInfo(NAME, VERSION), str(first.StudyInstanceUID), len(paths))
+        return self.run_timed(paths)[0]
 
 
 def result_uids(study_uid: str, profile: str = "standard") -> tuple[str, str]:
