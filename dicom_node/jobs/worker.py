@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from dicom_node.config import Settings, load_settings
+from dicom_node.errors import ConfigError
 from dicom_node.index.database import Database
 from dicom_node.jobs.celery_app import QUEUES, create_app, is_embedded
 from dicom_node.jobs.context import worker_name
@@ -68,7 +69,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m dicom_node.jobs.worker [QUEUES [CONCURRENCY]]``: settings from the environment only."""
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("DICOM_NODE_LOG_LEVEL", "INFO"), stream=sys.stderr)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        # The same text ``serve`` and ``worker`` print; exit 2 as they do.
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     run_worker(settings, args[0] if args else "gpu,io", int(args[1]) if len(args) > 1 else 1)
 
 
