@@ -164,23 +164,16 @@ def resolve_settings(
     env = os.environ if environ is None else environ
     path = config_file or (Path(env["DICOM_NODE_CONFIG"]) if env.get("DICOM_NODE_CONFIG") else None)
     flags = {key: value for key, value in overrides.items() if value is not None}
-    layers: list[tuple[Origin | None, dict[str, Any]]] = [
-        (Origin("file", str(path)) if path else None, _read_file(path) if path else {}),
-        (None, _read_environment(env)),
-        (None, flags),
-    ]
+    from_file = _read_file(path) if path else {}
+    from_env = _read_environment(env)
     origins: dict[Loc, Origin] = {}
-    data: dict[str, Any] = {}
-    for layer, (origin, values) in enumerate(layers):
-        for leaf in _leaves(values):
-            if layer == 1:
-                origins[leaf] = Origin("env", _variable(leaf, env))
-            elif layer == 2:
-                origins[leaf] = Origin("flag", "--" + str(leaf[0]).replace("_", "-"))
-            else:
-                assert origin is not None
-                origins[leaf] = origin
-        data = _merge(data, values)
+    for leaf in _leaves(from_file):
+        origins[leaf] = Origin("file", str(path))
+    for leaf in _leaves(from_env):
+        origins[leaf] = Origin("env", _variable(leaf, env))
+    for leaf in _leaves(flags):
+        origins[leaf] = Origin("flag", "--" + str(leaf[0]).replace("_", "-"))
+    data = _merge(_merge(from_file, from_env), flags)
     # Keyword arguments with a leading underscore configure pydantic-settings itself: never settings.
     hidden = {key: data.pop(key) for key in [k for k in data if k.startswith("_")]}
     problems = [describe("extra_forbidden", (k,), "", v, data, origins) for k, v in hidden.items()]

@@ -21,7 +21,6 @@ from dicom_node.config.values import (
     PositiveCount,
     PositiveSeconds,
     Seconds,
-    check_ae_title,
     comma_list,
     invalid,
     parse_ae_title,
@@ -164,6 +163,5 @@ __all__ = [
     "DimseTimeouts",
     "JobSettings",
     "TlsConfig",
-    "check_ae_title",
     "parse_address",
 ]
