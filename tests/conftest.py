@@ -6,7 +6,6 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +92,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             series_quiet_period=0.5,
             min_free_bytes=0,
         )
-        return replace(base, **changes)
+        return base.model_copy(update=changes)
 
     return make
 

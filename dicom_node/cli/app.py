@@ -161,6 +161,10 @@ from dicom_node.cli.retention import register as register_retention  # noqa: E40
 
 register_retention(app)
 
+from dicom_node.cli.config import register as register_config  # noqa: E402
+
+register_config(app)
+
 
 def _mount_models(argv: list[str]) -> None:
     # The models sub-app imports torch; mount it only when it can be used, so that ``serve`` and the

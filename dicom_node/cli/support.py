@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dicom_node.config import Settings, load_settings
 from dicom_node.errors import ConfigError
@@ -29,21 +30,25 @@ LogFormatOption = Annotated[
 ]
 
 
+def config_error_exit(error: ConfigError) -> typer.Exit:
+    """Print every problem of ``error`` on standard error; the ``Exit(2)`` to raise."""
+    errors.print(f"[red]configuration error:[/red] {escape(str(error))}", soft_wrap=True, highlight=False)
+    return typer.Exit(2)
+
+
 def settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
-    """The settings, or exit code 2 with the configuration error on standard error.
+    """The settings, or exit code 2 with the configuration error(s) on standard error.
 
     Logging is configured from them (``log_level``, ``log_format``), so every command logs alike.
     """
     try:
         settings = load_settings(config, **overrides)
     except ConfigError as error:
-        errors.print(f"[red]configuration error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise config_error_exit(error) from None
     try:
         configure_logging(settings.log_level, settings.log_format)
     except ValueError as error:  # an unknown log_level
-        errors.print(f"[red]configuration error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise config_error_exit(ConfigError(str(error))) from None
     return settings
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import ConfigError, DicomNodeError
 from pipelines.base import Pipeline
 
 __all__ = ["Pipeline", "PipelineRegistry", "PipelineUnavailableError", "ResultWriter"]
@@ -30,11 +30,17 @@ ResultWriter = Callable[[Any, Sequence[Dataset], str], list[Dataset]]
 
 
 def write_with_reports(findings: Any, sources: Sequence[Dataset], profile: str) -> list[Dataset]:
-    """The real writers: ``dicom_node.reports.write_results`` with the named ``ReportProfile``."""
-    from dicom_node import reports
-    from dicom_node.reports import profile as profiles
+    """The real writers: ``dicom_node.reports.write_results`` with the named ``ReportProfile``.
 
-    chosen = getattr(profiles, f"{profile.upper().replace('-', '_')}_PROFILE", profiles.DEFAULT_PROFILE)
+    The settings check destination profiles at load; a name that still is not one (a result row
+    written by another version) is an error, never a silent fallback to the default profile.
+    """
+    from dicom_node import reports
+    from dicom_node.reports.profile import PROFILES
+
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown report profile {profile!r}; one of {', '.join(PROFILES)}")
+    chosen = PROFILES[profile]
     write_results: Callable[..., list[Dataset]] = reports.write_results
     return list(write_results(findings, sources, chosen))
 

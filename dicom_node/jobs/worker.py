@@ -16,6 +16,7 @@ from typing import Any
 from celery import signals
 
 from dicom_node.config import Settings, load_settings
+from dicom_node.errors import ConfigError
 from dicom_node.index.database import Database
 from dicom_node.jobs.celery_app import QUEUES, create_app, is_embedded
 from dicom_node.jobs.context import worker_name
@@ -102,7 +103,12 @@ def run_worker(
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m dicom_node.jobs.worker [QUEUES [CONCURRENCY]]``: settings from the environment only."""
     args = list(sys.argv[1:] if argv is None else argv)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        # The same text ``serve`` and ``worker`` print; exit 2 as they do.
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format)
     run_worker(settings, args[0] if args else "gpu,io", int(args[1]) if len(args) > 1 else 1)
 

@@ -6,6 +6,7 @@ The default profile is plain DICOM: a BINARY SEG, one TID 1500 SR per result, no
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -46,3 +47,10 @@ class ReportProfile:
 DEFAULT_PROFILE = ReportProfile()
 OHIF_PROFILE = ReportProfile(ohif_compatible=True)
 LABELMAP_PROFILE = ReportProfile(seg_type=hd.seg.SegmentationTypeValues.LABELMAP)
+
+PROFILES: Mapping[str, ReportProfile] = {
+    "standard": DEFAULT_PROFILE,
+    "ohif": OHIF_PROFILE,
+    "labelmap": LABELMAP_PROFILE,
+}
+"""The profiles a ``[[destinations]]`` entry may name (``dicom_node.config.REPORT_PROFILES`` lists them)."""

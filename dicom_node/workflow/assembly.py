@@ -10,10 +10,9 @@ which is what later stages compare to decide whether to run again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 from dicom_node.config import Settings
 from dicom_node.index.database import Database
 from dicom_node.index.models import Series, SeriesState, Study, StudyState, utcnow
+from dicom_node.workflow.routing import Route, compile_routes
 
 LOG = logging.getLogger(__name__)
 
@@ -34,31 +34,13 @@ class CompletedStudy:
     forced: bool
 
 
-def _route_matches(route: Mapping[str, Any], study: Study) -> bool:
-    match = route.get("match", {})
-    modalities = set(filter(None, study.modalities.split("\\")))
-    wanted = match.get("modality")
-    if wanted:
-        allowed = {wanted} if isinstance(wanted, str) else set(wanted)
-        if not modalities & allowed:
-            return False
-    calling = match.get("calling_ae")
-    if calling:
-        allowed_ae = {calling} if isinstance(calling, str) else set(calling)
-        if study.calling_ae_title not in allowed_ae:
-            return False
-    return True
+def study_window(study: Study, settings: Settings, routes: Sequence[Route] | None = None) -> float:
+    """The quiet period for ``study``: the longest window of the routes that may match it, else the default.
 
-
-def study_window(
-    study: Study, settings: Settings, routes: Sequence[Mapping[str, Any]] | None = None
-) -> float:
-    """The quiet period for ``study``: the longest window of the routes that match it, else the default."""
-    windows = [
-        float(route["quiet_period"])
-        for route in (settings.routes if routes is None else routes)
-        if "quiet_period" in route and _route_matches(route, study)
-    ]
+    Whether a route may match is routing's study-level test (modality and calling AE, in any case).
+    """
+    candidates = compile_routes(settings.routes) if routes is None else routes
+    windows = [r.quiet_period for r in candidates if r.quiet_period is not None and r.may_match(study)]
     return max(windows) if windows else settings.quiet_period
 
 
@@ -77,6 +59,7 @@ def assemble(database: Database, settings: Settings, now: datetime | None = None
     """One pass: mark quiet series stable and quiet (or too old) studies complete."""
     now = now or utcnow()
     completed: list[CompletedStudy] = []
+    routes = compile_routes(settings.routes)
     with database.session() as session:
         mark_stable_series(session, settings, now)
         open_studies = session.scalars(
@@ -86,7 +69,7 @@ def assemble(database: Database, settings: Settings, now: datetime | None = None
             quiet = (now - study.last_received_at).total_seconds()
             age = (now - study.first_received_at).total_seconds()
             forced = age >= settings.max_study_age
-            if quiet < study_window(study, settings) and not forced:
+            if quiet < study_window(study, settings, routes) and not forced:
                 continue
             study.state = StudyState.COMPLETE
             study.completed_at = now

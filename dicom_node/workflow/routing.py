@@ -24,21 +24,34 @@ Series attributes: ``modality``, ``body_part`` (BodyPartExamined), ``series_desc
 description or protocol name is free text typed at the scanner, so a rule must also constrain
 ``modality``: a rule that trusts the description alone is refused at load time.
 
+The settings check every rule when they load (``dicom_node.config.routes``: criteria, values, regular
+expressions, selections, pipeline names); this module compiles checked rules into tests of index rows.
 Without ``[[routes]]`` in the settings the shipped ``DEFAULT_ROUTES`` apply. One study can start several
 pipelines (one job each); a study that matches nothing is kept, with the reason in ``Study.routing_reason``.
 """
 
 from __future__ import annotations
 
-import operator
-import re
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dicom_node.config import CRITERIA, RouteSpec
+from dicom_node.config.routes import (
+    IMAGE_TYPE_CRITERIA,
+    NUMBER_CRITERIA,
+    SELECTIONS,
+    STUDY_CRITERIA,
+    NumberTest,
+    number_test,
+)
+from dicom_node.config.sources import InvalidSettingsError, describe
 from dicom_node.errors import ConfigError
 from dicom_node.index.models import Job, JobState, Series, Study, utcnow
 
@@ -49,17 +62,12 @@ TEXT_ATTRIBUTES = {
     "orientation": "orientation",
 }
 PATTERN_ATTRIBUTES = {"series_description": "series_description", "protocol_name": "protocol_name"}
-NUMBER_ATTRIBUTES = ("slice_thickness", "num_instances", "kvp", "extent_mm")
-IMAGE_TYPE_ATTRIBUTES = ("image_type", "image_type_not")
-STUDY_ATTRIBUTES = ("calling_ae",)
-KNOWN = (
-    set(TEXT_ATTRIBUTES)
-    | set(PATTERN_ATTRIBUTES)
-    | set(NUMBER_ATTRIBUTES)
-    | set(IMAGE_TYPE_ATTRIBUTES)
-    | set(STUDY_ATTRIBUTES)
-)
-SELECTIONS = ("thinnest", "most_instances", "first")
+NUMBER_ATTRIBUTES = NUMBER_CRITERIA
+IMAGE_TYPE_ATTRIBUTES = IMAGE_TYPE_CRITERIA
+STUDY_ATTRIBUTES = STUDY_CRITERIA
+KNOWN = set(CRITERIA)
+
+__all__ = ["DEFAULT_ROUTES", "KNOWN", "SELECTIONS", "NumberTest", "Route", "compile_route", "compile_routes"]
 
 _SPINE_BODY_PARTS = [
     "SPINE", "CSPINE", "TSPINE", "LSPINE", "CHEST", "THORAX", "ABDOMEN", "CHESTABDOMEN", "ABDOMENPELVIS",
@@ -112,56 +120,13 @@ DEFAULT_ROUTES: tuple[Mapping[str, Any], ...] = (
     },
 )
 
-_COMPARISON = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(-?[0-9.]+)\s*$")
-_RANGE = re.compile(r"^\s*(-?[0-9.]+)\s*\.\.\s*(-?[0-9.]+)\s*$")
-_OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-    "==": operator.eq, "!=": operator.ne,
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class NumberTest:
-    """A numeric criterion: ``low <= value <= high`` or one comparison, as written in the rule."""
-
-    text: str
-    test: Callable[[float], bool]
-
-    def __call__(self, value: float | None) -> bool:
-        return value is not None and self.test(value)
-
 
 def parse_number_test(value: Any, *, name: str) -> NumberTest:
-    """``5``, ``"<= 2.5"``, ``"0.5..3"`` or ``{min = 0.5, max = 3}``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name}: expected a number, comparison or range, got {value!r}")
-    if isinstance(value, int | float):
-        number = float(value)
-        return NumberTest(f"== {value}", lambda v: v == number)
-    if isinstance(value, Mapping):
-        unknown = set(value) - {"min", "max"}
-        if unknown or not value:
-            raise ConfigError(f"{name}: a range table takes min and/or max, got {dict(value)!r}")
-        low = float(value["min"]) if "min" in value else float("-inf")
-        high = float(value["max"]) if "max" in value else float("inf")
-        return NumberTest(f"{low}..{high}", lambda v: low <= v <= high)
-    if isinstance(value, str):
-        if match := _COMPARISON.match(value):
-            op, bound = _OPERATORS[match.group(1)], float(match.group(2))
-            return NumberTest(value.strip(), lambda v: op(v, bound))
-        if match := _RANGE.match(value):
-            low, high = float(match.group(1)), float(match.group(2))
-            return NumberTest(value.strip(), lambda v: low <= v <= high)
-    raise ConfigError(
-        f"{name}: expected a number, comparison (e.g. '<= 2.5') or range ('1..3'), got {value!r}"
-    )
-
-
-def _strings(value: Any, *, name: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not items or not all(isinstance(i, str) for i in items):
-        raise ConfigError(f"{name}: expected a string or a list of strings, got {value!r}")
-    return tuple(i.strip().upper() for i in items)
+    """``5``, ``"<= 2.5"``, ``"0.5..3"`` or ``{min = 0.5, max = 3}`` (``ConfigError`` naming ``name``)."""
+    try:
+        return number_test(value)
+    except PydanticCustomError as error:
+        raise ConfigError(f"{name}: {error.message()}") from None
 
 
 SeriesTest = Callable[[Study, Series], str | None]
@@ -176,10 +141,10 @@ def _series_value(series: Series, key: str) -> Any:
     return getattr(series, key)
 
 
-def _compile_criterion(key: str, value: Any, *, name: str) -> SeriesTest:
-    label = f"{name}.{key}"
+def _compile_criterion(key: str, value: Any) -> SeriesTest:
+    """One checked criterion (see ``config.routes.MatchBlock``) as a test of a series of a study."""
     if key in TEXT_ATTRIBUTES:
-        allowed = _strings(value, name=label)
+        allowed: tuple[str, ...] = value
         attribute = TEXT_ATTRIBUTES[key]
 
         def text_test(_study: Study, series: Series) -> str | None:
@@ -188,10 +153,7 @@ def _compile_criterion(key: str, value: Any, *, name: str) -> SeriesTest:
 
         return text_test
     if key in PATTERN_ATTRIBUTES:
-        try:
-            pattern = re.compile(str(value))
-        except re.error as error:
-            raise ConfigError(f"{label}: not a regular expression: {error}") from None
+        pattern = value
         pattern_attribute = PATTERN_ATTRIBUTES[key]
 
         def pattern_test(_study: Study, series: Series) -> str | None:
@@ -200,15 +162,15 @@ def _compile_criterion(key: str, value: Any, *, name: str) -> SeriesTest:
 
         return pattern_test
     if key in NUMBER_ATTRIBUTES:
-        number_test = parse_number_test(value, name=label)
+        number: NumberTest = value
 
         def numeric_test(_study: Study, series: Series) -> str | None:
             actual = _series_value(series, key)
-            return None if number_test(actual) else f"{key} {actual} is not {number_test.text}"
+            return None if number(actual) else f"{key} {actual} is not {number.text}"
 
         return numeric_test
     if key in IMAGE_TYPE_ATTRIBUTES:
-        wanted = set(_strings(value, name=label))
+        wanted = set(value)
         must_hold = key == "image_type"
 
         def image_type_test(_study: Study, series: Series) -> str | None:
@@ -220,21 +182,13 @@ def _compile_criterion(key: str, value: Any, *, name: str) -> SeriesTest:
             return None
 
         return image_type_test
-    if key == "calling_ae":
-        titles = _strings(value, name=label)
+    titles: tuple[str, ...] = value
 
-        def calling_test(study: Study, _series: Series) -> str | None:
-            actual = (study.calling_ae_title or "").strip().upper()
-            return None if actual in titles else f"calling AE {actual or '(none)'} not in {list(titles)}"
+    def calling_test(study: Study, _series: Series) -> str | None:
+        actual = (study.calling_ae_title or "").strip().upper()
+        return None if actual in titles else f"calling AE {actual or '(none)'} not in {list(titles)}"
 
-        return calling_test
-    raise ConfigError(f"{label}: unknown criterion; known: {sorted(KNOWN)}")
-
-
-def _compile_block(block: Any, *, name: str) -> tuple[SeriesTest, ...]:
-    if not isinstance(block, Mapping):
-        raise ConfigError(f"{name}: expected a table of criteria, got {block!r}")
-    return tuple(_compile_criterion(str(k), v, name=name) for k, v in block.items())
+    return calling_test
 
 
 @dataclass(frozen=True)
@@ -245,6 +199,17 @@ class Route:
     match: tuple[SeriesTest, ...]
     match_any: tuple[tuple[SeriesTest, ...], ...]
     select: str = "thinnest"
+    quiet_period: float | None = None
+    modalities: tuple[str, ...] = ()
+    calling_ae_titles: tuple[str, ...] = ()
+
+    def may_match(self, study: Study) -> bool:
+        """Whether the study's modalities and calling AE allow this rule (study-level, any case)."""
+        modalities = {m.strip().upper() for m in (study.modalities or "").split("\\") if m.strip()}
+        if self.modalities and not modalities & set(self.modalities):
+            return False
+        calling = (study.calling_ae_title or "").strip().upper()
+        return not self.calling_ae_titles or calling in self.calling_ae_titles
 
     def why_not(self, study: Study, series: Series) -> str | None:
         """``None`` if ``series`` of ``study`` qualifies, else the first reason it does not."""
@@ -272,38 +237,57 @@ class Route:
         )
 
 
-def compile_route(table: Mapping[str, Any], index: int = 0) -> Route:
-    """Check and compile one ``[[routes]]`` table."""
-    name = f"routes[{index}]"
-    pipeline = table.get("pipeline")
-    if not isinstance(pipeline, str) or not pipeline:
-        raise ConfigError(f"{name}: every route needs a pipeline name")
-    name = f"routes[{index}] ({pipeline})"
-    unknown = set(table) - {"pipeline", "match", "match_any", "select", "quiet_period", "enabled"}
-    if unknown:
-        raise ConfigError(f"{name}: unknown keys {sorted(unknown)}")
-    match = dict(table.get("match", {}))
-    if "modality" not in match:
-        # Free-text descriptions are typed at the scanner; a modality keeps a rule honest.
-        raise ConfigError(f"{name}: match.modality is required (a series description alone is not trusted)")
-    alternatives = table.get("match_any", [])
-    if not isinstance(alternatives, list):
-        raise ConfigError(f"{name}: match_any must be a list of tables ([[routes.match_any]])")
-    select_how = str(table.get("select", "thinnest"))
-    if select_how not in SELECTIONS:
-        raise ConfigError(f"{name}: select must be one of {list(SELECTIONS)}, got {select_how!r}")
+def route_spec(table: Mapping[str, Any] | RouteSpec, index: int = 0) -> RouteSpec:
+    """A ``[[routes]]`` table checked as the settings check it (``ConfigError`` listing every problem)."""
+    if isinstance(table, RouteSpec):
+        return table
+    try:
+        return RouteSpec.model_validate(table)
+    except ValidationError as error:
+        data = {"routes": [*([None] * index), table]}
+        raise InvalidSettingsError(
+            describe(e["type"], ("routes", index, *e["loc"]), e["msg"], e["input"], data, {})
+            for e in error.errors()
+        ) from None
+
+
+def _compile(spec: RouteSpec) -> Route:
     return Route(
-        pipeline=pipeline,
-        match=_compile_block(match, name=f"{name}.match"),
-        match_any=tuple(_compile_block(a, name=f"{name}.match_any") for a in alternatives),
-        select=select_how,
+        pipeline=spec.pipeline,
+        match=tuple(_compile_criterion(k, v) for k, v in spec.match.criteria()),
+        match_any=tuple(
+            tuple(_compile_criterion(k, v) for k, v in block.criteria()) for block in spec.match_any
+        ),
+        select=spec.select,
+        quiet_period=spec.quiet_period,
+        modalities=spec.match.modality or (),
+        calling_ae_titles=spec.match.calling_ae or (),
     )
 
 
-def compile_routes(tables: Iterable[Mapping[str, Any]]) -> tuple[Route, ...]:
-    """The routes from the settings (or the shipped defaults when none are configured)."""
-    tables = tuple(tables) or DEFAULT_ROUTES
-    return tuple(compile_route(t, i) for i, t in enumerate(tables) if t.get("enabled", True) is not False)
+def compile_route(table: Mapping[str, Any] | RouteSpec, index: int = 0) -> Route:
+    """Check (if not checked yet) and compile one ``[[routes]]`` rule."""
+    return _compile(route_spec(table, index))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(specs: tuple[RouteSpec, ...]) -> tuple[Route, ...]:
+    return tuple(_compile(spec) for spec in specs if spec.enabled)
+
+
+@functools.cache
+def _default_specs() -> tuple[RouteSpec, ...]:
+    return tuple(route_spec(table, index) for index, table in enumerate(DEFAULT_ROUTES))
+
+
+def compile_routes(tables: Iterable[Mapping[str, Any] | RouteSpec]) -> tuple[Route, ...]:
+    """The enabled routes of the settings (or the shipped defaults when none are configured).
+
+    Settings hold checked ``RouteSpec``s; their compiled form is cached, so the reconciler and the
+    assembler, which ask on every pass, compile each configuration once.
+    """
+    specs = tuple(route_spec(table, index) for index, table in enumerate(tables)) or _default_specs()
+    return _compiled(specs)
 
 
 @dataclass(frozen=True)

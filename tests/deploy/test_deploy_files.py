@@ -131,11 +131,12 @@ def test_mounted_settings_files_load_and_route(name: str) -> None:
 
 
 def test_env_example_names_only_known_settings() -> None:
-    from dicom_node.config import _SCALARS
+    from dicom_node.config import Settings
 
     for path in (DEPLOY / ".env.example", DEPLOY / "systemd" / "dicom-node.env.example"):
+        settings_env: dict[str, str] = {}
         for line in path.read_text().splitlines():
-            match = re.match(r"^(DICOM_NODE_[A-Z_]+)=", line)
+            match = re.match(r"^(DICOM_NODE_[A-Z_]+)=(.*)$", line)
             if match and match.group(1) not in {
                 "DICOM_NODE_CONFIG",
                 "DICOM_NODE_CONFIG_FILE",
@@ -145,8 +146,11 @@ def test_env_example_names_only_known_settings() -> None:
                 "DICOM_NODE_CUDA_IMAGE",
                 "DICOM_NODE_METRICS_PORT",
             }:
-                key = match.group(1).removeprefix("DICOM_NODE_").lower()
-                assert key in _SCALARS, f"{path.name}: {match.group(1)} is not a setting"
+                key = match.group(1).removeprefix("DICOM_NODE_").lower().split("__")[0]
+                assert key in Settings.model_fields, f"{path.name}: {match.group(1)} is not a setting"
+                settings_env[match.group(1)] = match.group(2)
+        # And the example values themselves load.
+        load_settings(environ=settings_env)
 
 
 def _units(tmp_path: Path) -> list[str]:

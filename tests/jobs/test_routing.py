@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from dicom_node.config import RouteSpec, load_settings
 from dicom_node.errors import ConfigError
 from dicom_node.index.models import Series, Study
+from dicom_node.workflow.assembly import study_window
 from dicom_node.workflow.routing import (
     DEFAULT_ROUTES,
+    IMAGE_TYPE_ATTRIBUTES,
+    KNOWN,
+    NUMBER_ATTRIBUTES,
+    PATTERN_ATTRIBUTES,
+    STUDY_ATTRIBUTES,
+    TEXT_ATTRIBUTES,
     compile_route,
     compile_routes,
     parse_number_test,
@@ -111,3 +119,58 @@ def test_bad_rules_name_the_setting():
     with pytest.raises(ConfigError, match="unknown criterion"):
         compile_route({"pipeline": "p", "match": {"modality": "CT", "colour": "red"}})
     assert len(compile_routes(DEFAULT_ROUTES)) == 3
+
+
+def test_routes_are_checked_at_load_and_compiled_once(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[[routes]]\npipeline = "ct-lung-nodules"\nquiet_period = 120\n[routes.match]\n'
+        'modality = "ct"\nslice_thickness = "<= 3"\n'
+        '[[routes]]\npipeline = "ct-vertebrae"\nenabled = false\n[routes.match]\nmodality = "CT"\n'
+    )
+    settings = load_settings(config, environ={})
+    assert isinstance(settings.routes[0], RouteSpec) and settings.routes[0].match.modality == ("CT",)
+    routes = compile_routes(settings.routes)
+    assert [r.pipeline for r in routes] == ["ct-lung-nodules"]
+    # The reconciler and the assembler ask on every pass: the same settings give the same compiled rules.
+    assert compile_routes(settings.routes) is routes
+    assert compile_routes(settings.model_copy(update={"port": 0}).routes) is routes
+    assert compile_routes([]) is compile_routes(())
+
+
+def test_the_quiet_period_window_uses_routings_study_match_in_any_case(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text(
+        "quiet_period = 30\n"
+        '[[routes]]\npipeline = "ct-lung-nodules"\nquiet_period = 120\n[routes.match]\n'
+        'modality = "ct"\ncalling_ae = "scanner1"\n'
+    )
+    settings = load_settings(config, environ={})
+    assert study_window(Study(modalities="CT\\SR", calling_ae_title="SCANNER1"), settings) == 120
+    assert study_window(Study(modalities="ct", calling_ae_title="Scanner1 "), settings) == 120
+    assert study_window(Study(modalities="MR", calling_ae_title="SCANNER1"), settings) == 30
+    assert study_window(Study(modalities="CT", calling_ae_title="OTHER"), settings) == 30
+    # Without routes of their own, the shipped defaults apply, and they widen nothing.
+    assert study_window(Study(modalities="CT", calling_ae_title="X"), load_settings(environ={})) == 30
+
+
+def test_routing_knows_every_criterion_the_settings_accept():
+    from dicom_node.config.routes import CRITERIA, MatchBlock
+
+    assert set(CRITERIA) == set(MatchBlock.model_fields) == KNOWN
+    assert (
+        set(TEXT_ATTRIBUTES)
+        | set(PATTERN_ATTRIBUTES)
+        | set(NUMBER_ATTRIBUTES)
+        | set(IMAGE_TYPE_ATTRIBUTES)
+        | set(STUDY_ATTRIBUTES)
+        == KNOWN
+    )
+
+
+def test_criteria_are_tried_in_the_order_written():
+    route = compile_route(
+        {"pipeline": "p", "match": {"num_instances": ">= 40", "modality": "CT", "orientation": "axial"}}
+    )
+    coronal_mr = _series(1, modality="MR", orientation="coronal", num_instances=5)
+    assert route.why_not(_study(coronal_mr), coronal_mr).startswith("num_instances 5")

@@ -1,0 +1,167 @@
+"""The tables of the settings file: ``[access]``, ``[tls]``, ``[timeouts]``, ``[[destinations]]``, ``[jobs]``.
+
+Each is a small frozen pydantic model that refuses keys it does not know (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import NoDecode
+
+from dicom_node.config.values import (
+    AeTitle,
+    ExistingFile,
+    Host,
+    ModuleName,
+    Network,
+    PeerPort,
+    PositiveCount,
+    PositiveSeconds,
+    Seconds,
+    comma_list,
+    invalid,
+    parse_ae_title,
+    parse_port,
+)
+from dicom_node.errors import ConfigError
+
+REPORT_PROFILES = ("standard", "ohif", "labelmap")
+"""The names of ``dicom_node.reports.profile.PROFILES`` (config may not import reports; a test checks)."""
+
+
+class Table(BaseModel):
+    """A frozen settings table that refuses unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AccessPolicy(Table):
+    """Who may associate. Empty lists mean 'anyone'; the called AE title must always match."""
+
+    allowed_ae_titles: Annotated[tuple[AeTitle, ...], NoDecode, BeforeValidator(comma_list)] = ()
+    allowed_networks: Annotated[tuple[Network, ...], NoDecode, BeforeValidator(comma_list)] = ()
+
+    def ae_allowed(self, calling_ae: str) -> bool:
+        return not self.allowed_ae_titles or calling_ae.strip() in self.allowed_ae_titles
+
+    def address_allowed(self, address: str) -> bool:
+        if not self.allowed_networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.allowed_networks)
+
+
+class TlsConfig(Table):
+    """DICOM TLS for the listener: a server certificate, optionally required client certificates.
+
+    The files must exist when the settings load; their contents are read only by the listener.
+    """
+
+    certificate: ExistingFile
+    private_key: ExistingFile
+    ca_certificates: ExistingFile | None = None
+    require_client_certificate: bool = False
+
+    @field_validator("require_client_certificate")
+    @classmethod
+    def _needs_a_ca(cls, required: bool, info: ValidationInfo) -> bool:
+        # A CA that was given but failed its own check is absent from ``info.data``: reported already.
+        if required and "ca_certificates" in info.data and info.data["ca_certificates"] is None:
+            raise invalid("needs tls.ca_certificates, the CAs client certificates are checked against")
+        return required
+
+
+class DimseTimeouts(Table):
+    """Network timeouts in seconds, for both the listener and the sender."""
+
+    acse: PositiveSeconds = 30.0
+    dimse: PositiveSeconds = 60.0
+    network: PositiveSeconds = 60.0
+
+
+DEFAULT_TIMEOUTS = DimseTimeouts()
+
+
+class Destination(Table):
+    """A DICOM peer results are sent to, and the report profile its results are encoded with."""
+
+    name: str
+    ae_title: AeTitle
+    host: Host
+    port: PeerPort
+    tls: bool = False
+    profile: str = "standard"
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not value.strip():
+            raise invalid(f"every destination needs a name, got {value!r}")
+        return value.strip()
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _profile(cls, value: Any) -> Any:
+        if value not in REPORT_PROFILES:
+            raise invalid(f"unknown report profile {value!r}; one of {', '.join(REPORT_PROFILES)}")
+        return value
+
+    @property
+    def address(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class JobSettings(Table):
+    """The ``[jobs]`` table: leases, limits and retry policy (seconds)."""
+
+    queued_lease: PositiveSeconds = 600.0
+    running_lease: PositiveSeconds = 120.0
+    reconcile_interval: PositiveSeconds = 10.0
+    task_time_limit: PositiveSeconds = 3600.0
+    max_attempts: PositiveCount = 3
+    delivery_backoff: Seconds = 10.0
+    delivery_backoff_max: Seconds = 600.0
+    delivery_horizon: PositiveSeconds = 24 * 3600.0
+    send_to_caller: bool = False
+    polling_interval: PositiveSeconds = 0.05
+    worker_seen_within: PositiveSeconds = 60.0
+    plugins: Annotated[tuple[ModuleName, ...], NoDecode, BeforeValidator(comma_list)] = ()
+
+    @field_validator("delivery_backoff_max")
+    @classmethod
+    def _backoff_order(cls, ceiling: float, info: ValidationInfo) -> float:
+        first = info.data.get("delivery_backoff")
+        if first is not None and ceiling < first:
+            raise invalid(f"must be at least delivery_backoff ({first:g}), got {ceiling:g}")
+        return ceiling
+
+
+def parse_address(text: str) -> Destination:
+    """``AE@HOST:PORT`` → an ad-hoc destination (``ConfigError`` if it is not one)."""
+    try:
+        ae_title, rest = text.split("@", 1)
+        host, port = rest.rsplit(":", 1)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not AE@HOST:PORT") from None
+    try:
+        return Destination(name=text, ae_title=parse_ae_title(ae_title), host=host, port=parse_port(port))
+    except ValidationError as error:
+        raise ConfigError(f"{text!r}: {error.errors()[0]['msg']}") from None
+
+
+__all__ = [
+    "DEFAULT_TIMEOUTS",
+    "REPORT_PROFILES",
+    "AccessPolicy",
+    "Destination",
+    "DimseTimeouts",
+    "JobSettings",
+    "TlsConfig",
+    "parse_address",
+]
