@@ -1,6 +1,6 @@
 """``cxr-classification``: TorchXRayVision ``densenet121-res224-all`` on one frontal chest radiograph.
 
-Preprocessing follows the library (``../shared/reference/torchxrayvision.md`` §5): scale to
+Preprocessing follows the library (torchxrayvision 1.5.7 ``normalize``, ``XRayCenterCrop``): scale to
 [-1024, 1024] over the image's storable range, centre crop to a square (start ``size//2 − crop//2``),
 resize to 224×224 the way ``skimage.transform.resize(..., mode="constant", preserve_range=True)`` does
 (Gaussian anti-aliasing σ = (factor − 1)/2, then bilinear ``zoom`` in grid mode, clipped to the input

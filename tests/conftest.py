@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: paths, databases (SQLite and PostgreSQL), a running node."""
+"""Fixtures of the whole suite: paths, databases (SQLite and PostgreSQL), a running node."""
 
 from __future__ import annotations
 
@@ -15,18 +15,36 @@ import pytest
 from dicom_node.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DICOM_NODE_SHARED", REPO.parent / "shared")).resolve()
-SHARED_DATA = SHARED / "data"
+# The real DICOM and NIfTI files the tests read, kept in the repository (provenance: tests/data/README.md).
+DATA = REPO / "tests" / "data"
+CT_DIR = DATA / "ct" / "totalseg_dicom"  # 20 CT slices, JPEG 2000 lossless
+CXR = DATA / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"  # a PA chest radiograph, JPEG baseline
+# Published MONAI bundle configs are not ours to copy: tests that compare with them read the folder
+# named by this variable and are skipped without it (.ci/run sets it when ../shared/reference exists).
+REFERENCE_ENV = "DICOM_NODE_REFERENCE"
 POSTGRES_ADMIN_URL = os.environ.get(
     "DICOM_NODE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"../shared/data is missing (looked in {SHARED_DATA}); set DICOM_NODE_SHARED")
-    return SHARED_DATA
+def test_data() -> Path:
+    """The folder of real test files, ``tests/data``."""
+    if not (DATA / "SHA256SUMS").is_file():
+        pytest.fail(f"the real test data is missing: {DATA} holds no SHA256SUMS")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def bundle_reference() -> Path:
+    """The published MONAI bundles' configs: ``$DICOM_NODE_REFERENCE/monai-bundles/<bundle>/configs``."""
+    folder = os.environ.get(REFERENCE_ENV)
+    if not folder:
+        pytest.skip(f"{REFERENCE_ENV} is not set: it names the folder of the published bundle configs")
+    bundles = (REPO / Path(folder).expanduser()).resolve() / "monai-bundles"  # relative: to the repo root
+    if not bundles.is_dir():
+        pytest.fail(f"{REFERENCE_ENV}={folder} has no monai-bundles/ folder")
+    return bundles
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -99,13 +117,13 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 @pytest.fixture
 def run_node() -> Iterator[Callable[[Settings], Any]]:
-    """Start ``Node``s in this process; all are stopped at the end of the test."""
+    """Start ``Node``s in this process (options as ``Node`` takes them); all are stopped at the end."""
     from dicom_node.node import Node
 
     started: list[Node] = []
 
-    def start(settings: Settings) -> Node:
-        node = Node(settings)
+    def start(settings: Settings, **options: Any) -> Node:
+        node = Node(settings, **options)
         node.start()
         started.append(node)
         return node

@@ -37,6 +37,8 @@ def _study_row(study: Study) -> dict[str, Any]:
         "first_received_at": iso(study.first_received_at),
         "last_received_at": iso(study.last_received_at),
         "completed_at": iso(study.completed_at),
+        # Why a complete study started no job (no route matched); null when it did or is not routed yet.
+        "routing_reason": study.routing_reason,
         "series": [
             {
                 "series_instance_uid": s.series_instance_uid,
@@ -93,6 +95,15 @@ def studies(
             row["last_received_at"] or "",
         )
     console.print(table)
+    # Under the table, one line per study that matched no route: the reasons are too long for a column.
+    # soft_wrap: the terminal wraps the line, rich inserts no breaks (so it can be copied and grepped).
+    for row in rows:
+        if row["routing_reason"]:
+            console.print(
+                f"no job for {row['study_instance_uid']}: {row['routing_reason']}",
+                soft_wrap=True,
+                markup=False,
+            )
 
 
 def audit(

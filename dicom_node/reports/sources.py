@@ -100,7 +100,7 @@ def drop_invalid_values(ds: pydicom.Dataset) -> list[str]:
     """Remove (Type 3) or empty (Type 2) top-level values copied from a source that are invalid for their VR.
 
     highdicom copies the whole Patient and Study modules from the source; a modality's invalid value
-    (the shared radiograph has Patient's Age "62" where AS needs "062Y") would make our object invalid.
+    (the test radiograph has Patient's Age "62" where AS needs "062Y") would make our object invalid.
     Returns the keywords it changed.
     """
     changed = []

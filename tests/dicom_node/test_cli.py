@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from dicom_node.cli.app import app
 from dicom_node.index.models import Instance
 from tests.factories import write_ct_series
+from tests.jobs.conftest import wait_for
 
 runner = CliRunner()
 
@@ -77,3 +78,36 @@ def test_bad_configuration_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["status", "--config", str(config)])
     assert result.exit_code == 2
     assert "ae_title" in result.output
+
+
+def test_studies_say_why_a_study_started_no_job(make_settings, run_node, tmp_path):
+    # run_jobs: the reconciler routes the complete study (embedded broker; no worker is needed to route).
+    node = run_node(make_settings(), run_jobs=True)
+    write_ct_series(tmp_path / "ct", 3, rows=32, columns=32)  # a chest CT far too short for any route
+    sent = runner.invoke(
+        app,
+        ["send", str(tmp_path / "ct"), "--to", f"DICOMNODE@127.0.0.1:{node.address[1]}"],
+        env=env_for(node),
+    )
+    assert sent.exit_code == 0, sent.output
+
+    def routed() -> dict | None:
+        listed = runner.invoke(app, ["studies", "--json"], env=env_for(node))
+        assert listed.exit_code == 0, listed.output
+        study = json.loads(listed.stdout)["studies"][0]
+        return study if study["routing_reason"] else None
+
+    study = wait_for(routed, 30, "the study to be routed")
+    reason = study["routing_reason"]
+    assert study["state"] == "complete" and reason.startswith("no route matched")
+    for pipeline, why in (
+        ("cxr-classification", "modality CT not in ['CR', 'DX']"),
+        ("ct-lung-nodules", "num_instances 3"),
+        ("ct-vertebrae", "extent_mm"),
+    ):
+        assert f"{pipeline}: series 2: " in reason and why in reason, (pipeline, reason)
+
+    # The table's output says it too, on a line of its own under the table.
+    table = runner.invoke(app, ["studies"], env=env_for(node))
+    assert table.exit_code == 0, table.output
+    assert f"no job for {study['study_instance_uid']}: {reason}\n" in table.stdout, table.stdout

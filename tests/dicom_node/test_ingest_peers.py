@@ -69,12 +69,12 @@ def test_dcmtk_echo(make_settings, run_node):
     assert result.returncode == 0, result.stderr
 
 
-def test_dcmtk_storescu_real_ct_and_radiograph(make_settings, run_node, database_url, shared_data, tmp_path):
+def test_dcmtk_storescu_real_ct_and_radiograph(make_settings, run_node, database_url, test_data, tmp_path):
     node = run_node(make_settings(database_url=database_url))
     port = node.address[1]
-    ct = sorted((shared_data / "ct" / "totalseg_dicom").glob("*.dcm"))
-    cxr = shared_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"
-    result = storescu(port, "-xv", "+sd", str(shared_data / "ct" / "totalseg_dicom"))
+    ct = sorted((test_data / "ct" / "totalseg_dicom").glob("*.dcm"))
+    cxr = test_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"
+    result = storescu(port, "-xv", "+sd", str(test_data / "ct" / "totalseg_dicom"))
     assert result.returncode == 0, result.stderr
     result = storescu(port, "-xy", str(cxr))
     assert result.returncode == 0, result.stderr
@@ -119,9 +119,9 @@ def test_pynetdicom_scu_sends_300_slices(make_settings, run_node, database_url, 
         assert session.scalar(select(func.count(Instance.id))) == 300
 
 
-def test_resent_identical_instance_stays_one(make_settings, run_node, shared_data):
+def test_resent_identical_instance_stays_one(make_settings, run_node, test_data):
     node = run_node(make_settings())
-    folder = shared_data / "ct" / "totalseg_dicom"
+    folder = test_data / "ct" / "totalseg_dicom"
     for _ in range(2):
         assert storescu(node.address[1], "-xv", "+sd", str(folder)).returncode == 0
     with node.database.sessions() as session:

@@ -95,7 +95,7 @@ def storescu_tls(port: int, pki: Path, *tls: str, files: Path) -> subprocess.Com
     )
 
 
-def test_tls_with_required_client_certificate(make_settings, run_node, pki, shared_data):
+def test_tls_with_required_client_certificate(make_settings, run_node, pki, test_data):
     tls = TlsConfig(
         certificate=pki / "server.crt",
         private_key=pki / "server.key",
@@ -104,7 +104,7 @@ def test_tls_with_required_client_certificate(make_settings, run_node, pki, shar
     )
     node = run_node(make_settings(tls=tls))
     port = node.address[1]
-    folder = shared_data / "ct" / "totalseg_dicom"
+    folder = test_data / "ct" / "totalseg_dicom"
 
     with_cert = storescu_tls(
         port, pki, "+tls", str(pki / "client.key"), str(pki / "client.crt"), files=folder
@@ -128,8 +128,8 @@ def test_tls_with_required_client_certificate(make_settings, run_node, pki, shar
     assert again.returncode == 0, again.stderr
 
 
-def test_tls_without_client_certificates(make_settings, run_node, pki, shared_data):
+def test_tls_without_client_certificates(make_settings, run_node, pki, test_data):
     tls = TlsConfig(certificate=pki / "server.crt", private_key=pki / "server.key")
     node = run_node(make_settings(tls=tls))
-    result = storescu_tls(node.address[1], pki, "+tla", files=shared_data / "ct" / "totalseg_dicom")
+    result = storescu_tls(node.address[1], pki, "+tla", files=test_data / "ct" / "totalseg_dicom")
     assert result.returncode == 0, result.stderr

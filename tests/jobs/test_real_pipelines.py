@@ -1,4 +1,4 @@
-"""End to end with the real pipelines: the shared CT and radiograph sent in come back as SEG and SR.
+"""End to end with the real pipelines: the real CT and radiograph sent in come back as SEG and SR.
 
 The networks are the exact published architectures with untrained scaffold weights (no published weights
 can be downloaded here): the test proves the plumbing from C-STORE to the destination with the real
@@ -71,9 +71,7 @@ orientation = "axial"
 """
 
 
-def test_shared_ct_and_radiograph_come_back_as_seg_and_sr(
-    tmp_path, redis_db, pacs, node_factory, shared_data
-):
+def test_real_ct_and_radiograph_come_back_as_seg_and_sr(tmp_path, redis_db, pacs, node_factory, test_data):
     models_dir = tmp_path / "models"
     _install_scaffolds(models_dir, tmp_path)
     pacs.start()
@@ -85,8 +83,8 @@ def test_shared_ct_and_radiograph_come_back_as_seg_and_sr(
     node._start(["worker", "--concurrency", "1"], "worker.log", DICOM_NODE_MODELS_DIR=str(models_dir))
 
     for options, path in (
-        (["-xv", "+sd"], shared_data / "ct" / "totalseg_dicom"),
-        (["-xy"], shared_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"),
+        (["-xv", "+sd"], test_data / "ct" / "totalseg_dicom"),
+        (["-xy"], test_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"),
     ):
         result = subprocess.run(
             [
@@ -128,7 +126,7 @@ def test_shared_ct_and_radiograph_come_back_as_seg_and_sr(
     classes = sorted(str(ds.SOPClassUID) for ds in received)
     assert classes.count(SEG) == 1, classes
     assert classes.count(COMPREHENSIVE_3D_SR) >= 2, classes
-    ct_study = str(dcmread(next((shared_data / "ct" / "totalseg_dicom").glob("*.dcm"))).StudyInstanceUID)
+    ct_study = str(dcmread(next((test_data / "ct" / "totalseg_dicom").glob("*.dcm"))).StudyInstanceUID)
     seg = next(ds for ds in received if str(ds.SOPClassUID) == SEG)
     assert str(seg.StudyInstanceUID) == ct_study
     assert "scaffold-" in str(seg.SoftwareVersions) or any(

@@ -18,10 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 
 from pipelines.ct_lung_nodules import GridDetections
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-CT_DIR = DATA / "ct" / "totalseg_dicom"
-CXR = DATA / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"
+from tests.conftest import CT_DIR
 
 # A marker planted in air anterior to the body: 8×8 pixels on three slices (sorted by position).
 MARKER_ROWS = (72, 80)

@@ -19,7 +19,7 @@ from pipelines.cxr_classification import (
 from pipelines.errors import PipelineInputError
 from pipelines.findings import ModelInfo
 from pipelines.io import load_radiograph
-from tests.pipelines.conftest import CXR
+from tests.conftest import CXR
 
 LABELS = tuple(f"label{i}" for i in range(18))
 THRESHOLDS = tuple(np.linspace(0.01, 0.2, 18).tolist())

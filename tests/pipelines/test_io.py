@@ -11,7 +11,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pipelines.errors import PipelineInputError
 from pipelines.io import load_ct_series, load_radiograph
-from tests.pipelines.conftest import CXR, DATA, ct_paths, read_sorted, stored_to_hu, write_uncompressed
+from tests.conftest import CXR, DATA
+from tests.pipelines.conftest import ct_paths, read_sorted, stored_to_hu, write_uncompressed
 
 
 def test_real_jpeg2000_series_loads_sorted_by_position_with_exact_affine():

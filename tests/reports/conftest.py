@@ -1,7 +1,8 @@
-"""Fixtures of the report tests: real results on the shared CT and radiograph, written once per session."""
+"""Fixtures of the report tests: results on the real CT and radiograph (tests/data), and the OHIF harness."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,8 +17,14 @@ from pipelines.findings import (
     NoduleDetectionResult,
     SegmentationResult,
 )
+from tests.conftest import REPO
 
 from .data import CT_DIR, CXR, ct_series, cxr, nifti_segmentation
+
+# The OHIF viewer harness (run.sh, setup.sh) is not part of this repository: the OHIF test finds it in the
+# folder named by this variable, by default ../shared/tools/ohif beside the checkout when that exists.
+OHIF_ENV = "DICOM_NODE_OHIF"
+OHIF_DEFAULT = REPO.parent / "shared" / "tools" / "ohif"
 
 # The radiograph's Patient's Name is a bare UUID; highdicom warns about it whenever it copies it. The
 # source is what it is (a real de-identified file), so that one warning is expected here.
@@ -32,9 +39,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _shared_data_present() -> None:
+def _real_data_present() -> None:
     if not CT_DIR.is_dir() or not CXR.is_file():
-        pytest.fail(f"The shared data is missing ({CT_DIR}, {CXR}); set DICOM_NODE_SHARED.")
+        pytest.fail(f"The real test data is missing ({CT_DIR}, {CXR}): see tests/data/README.md.")
 
 
 def _ref(ds: object) -> ImageReference:
@@ -88,8 +95,22 @@ def vertebra_result() -> SegmentationResult:
 
 
 @pytest.fixture(scope="session")
-def chromium() -> str:
+def ohif_harness() -> Path:
+    """The OHIF harness folder: ``$DICOM_NODE_OHIF``, else ../shared/tools/ohif if present; else skip."""
+    named = os.environ.get(OHIF_ENV)
+    if named:
+        folder = (REPO / Path(named).expanduser()).resolve()  # a relative path is relative to the repo root
+        if not (folder / "run.sh").is_file():
+            pytest.fail(f"{OHIF_ENV}={named} is not the OHIF harness: {folder} has no run.sh")
+        return folder
+    if (OHIF_DEFAULT / "run.sh").is_file():
+        return OHIF_DEFAULT
+    pytest.skip(f"OHIF check needs the OHIF harness: set {OHIF_ENV} to its folder (the one with run.sh)")
+
+
+@pytest.fixture(scope="session")
+def chromium(ohif_harness: Path) -> str:
     path = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
-        pytest.skip("OHIF check needs Chromium (/usr/bin/chromium); run ../shared/tools/ohif/setup.sh")
+        pytest.skip(f"OHIF check needs Chromium (/usr/bin/chromium); run {ohif_harness / 'setup.sh'}")
     return path

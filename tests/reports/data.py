@@ -1,10 +1,8 @@
-"""Loading the shared real data for the report tests, and turning the NIfTI labels into a result."""
+"""Loading the real test data for the report tests, and turning the NIfTI labels into a result."""
 
 from __future__ import annotations
 
-import os
 from functools import cache
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -12,12 +10,9 @@ import numpy.typing as npt
 import pydicom
 
 from pipelines.findings import ImageReference, ModelInfo, SegmentationResult, SegmentLabel
+from tests.conftest import CT_DIR, CXR, DATA
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("DICOM_NODE_SHARED", REPO / ".." / "shared")).resolve()
-CT_DIR = SHARED / "data" / "ct" / "totalseg_dicom"
-CT_LABELS = SHARED / "data" / "ct" / "totalseg_example_seg_dicom.nii.gz"
-CXR = SHARED / "data" / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"
+CT_LABELS = DATA / "ct" / "totalseg_example_seg_dicom.nii.gz"
 
 # TotalSegmentator v2 "total" labels present in the example that the data README names.
 TOTALSEG_NAMES = {32: "vertebrae_T12", 33: "vertebrae_T11"}

@@ -1,4 +1,4 @@
-"""A real viewer: OHIF 3.13 (../shared/tools/ohif) displays every SR and SEG of the OHIF profile."""
+"""A real viewer: OHIF 3.13 (harness in $DICOM_NODE_OHIF) displays every SR and SEG of the OHIF profile."""
 
 from __future__ import annotations
 
@@ -11,14 +11,12 @@ import pytest
 from dicom_node.reports import OHIF_PROFILE, write_results
 
 from .conftest import classification_result, nodule_result, vertebra_result
-from .data import CT_DIR, CXR, SHARED, ct_series, cxr
-
-RUN_SH = SHARED / "tools" / "ohif" / "run.sh"
+from .data import CT_DIR, CXR, ct_series, cxr
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_ohif_displays_every_sr_and_seg(tmp_path: Path, chromium: str) -> None:
+def test_ohif_displays_every_sr_and_seg(tmp_path: Path, ohif_harness: Path, chromium: str) -> None:
     objects_dir = tmp_path / "objects"
     objects_dir.mkdir()
     for case, result, sources in (
@@ -30,7 +28,7 @@ def test_ohif_displays_every_sr_and_seg(tmp_path: Path, chromium: str) -> None:
             ds.save_as(objects_dir / f"{case}-{i}-{ds.Modality}.dcm", enforce_file_format=True)
     out = tmp_path / "ohif"
     run = subprocess.run(
-        ["bash", str(RUN_SH), "--out", str(out), str(CT_DIR), str(CXR), str(objects_dir)],
+        ["bash", str(ohif_harness / "run.sh"), "--out", str(out), str(CT_DIR), str(CXR), str(objects_dir)],
         capture_output=True,
         text=True,
         timeout=840,

@@ -1,4 +1,4 @@
-"""The TotalSegmentator labels of the shared CT, written as SEG, read back voxel-identical and aligned."""
+"""The TotalSegmentator labels of the real CT, written as SEG, read back voxel-identical and aligned."""
 
 from __future__ import annotations
 
