@@ -8,7 +8,15 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import NoDecode
 
 from dicom_node.config.values import (
@@ -96,7 +104,26 @@ class Destination(Table):
     host: Host
     port: PeerPort
     tls: bool = False
+    """C-STORE over TLS 1.2+ only, with the peer's certificate checked; never falls back to clear text."""
+    ca_certificates: ExistingFile | None = None
+    """The CAs the peer's certificate is checked against (PEM); absent: the system's trusted CAs."""
+    certificate: ExistingFile | None = None
+    """This node's client certificate (PEM), for peers that require one; with ``private_key``."""
+    private_key: ExistingFile | None = None
+    server_name: str | None = None
+    """The name the peer's certificate must carry; absent: ``host`` (a DNS name or an IP address)."""
     profile: str = "standard"
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> Destination:
+        given = [
+            k for k in ("ca_certificates", "certificate", "private_key", "server_name") if getattr(self, k)
+        ]
+        if given and not self.tls:
+            raise invalid(f"{', '.join(given)} given but tls is not true: set tls = true or remove them")
+        if (self.certificate is None) != (self.private_key is None):
+            raise invalid("certificate and private_key go together: give both or neither")
+        return self
 
     @field_validator("name", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ pynetdicom sender runs at about a third of its speed, see DESIGN.md).
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from dicom_node.config import DEFAULT_TIMEOUTS, Destination, DimseTimeouts
+from dicom_node.delivery.tls import tls_arguments
 
 MAX_CONTEXTS = 128
 
@@ -81,13 +83,52 @@ def make_ae(calling_ae_title: str, timeouts: DimseTimeouts = DEFAULT_TIMEOUTS) -
     return ae
 
 
+class _ConnectFailure(logging.Handler):
+    """Catches the reason pynetdicom only logs when it cannot connect (a refused port, a TLS handshake
+    that failed: "certificate verify failed …"); ``reason_for`` picks the one its DUL thread logged."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.reasons: dict[int | None, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(_CONNECT_ERROR):
+            self.reasons[record.thread] = message[len(_CONNECT_ERROR) :].strip()
+
+    def reason_for(self, assoc: Association) -> str | None:
+        return self.reasons.get(assoc.dul.ident)
+
+
+_CONNECT_ERROR = "TCP Initialisation Error:"
+_TRANSPORT_LOG = logging.getLogger("pynetdicom.transport")
+
+
+def associate(ae: AE, destination: Destination) -> Association:
+    """An established association with ``destination`` (over TLS when it says ``tls = true``, never in
+    clear text then); ``ConnectionError`` naming the reason when there is none."""
+    failure = _ConnectFailure()
+    _TRANSPORT_LOG.addHandler(failure)
+    try:
+        assoc = ae.associate(
+            destination.host,
+            destination.port,
+            ae_title=destination.ae_title,
+            tls_args=tls_arguments(destination),
+        )
+    finally:
+        _TRANSPORT_LOG.removeHandler(failure)
+    if not assoc.is_established:
+        raise ConnectionError(_why_not_established(assoc, destination, failure.reason_for(assoc)))
+    set_nodelay(assoc)
+    return assoc
+
+
 def echo(destination: Destination, calling_ae_title: str, timeouts: DimseTimeouts = DEFAULT_TIMEOUTS) -> int:
     """C-ECHO; returns the DIMSE status, raises ``ConnectionError`` if no association was made."""
     ae = make_ae(calling_ae_title, timeouts)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    if not assoc.is_established:
-        raise ConnectionError(_why_not_established(assoc, destination))
+    assoc = associate(ae, destination)
     try:
         status = assoc.send_c_echo()
         return int(status.Status) if "Status" in status else -1
@@ -95,7 +136,7 @@ def echo(destination: Destination, calling_ae_title: str, timeouts: DimseTimeout
         assoc.release()
 
 
-def _why_not_established(assoc: Association, destination: Destination) -> str:
+def _why_not_established(assoc: Association, destination: Destination, reason: str | None = None) -> str:
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         if rj is not None:
@@ -105,8 +146,12 @@ def _why_not_established(assoc: Association, destination: Destination) -> str:
             )
         return f"{destination.address} rejected the association"
     if assoc.acceptor.primitive is None:
-        # pynetdicom reports a refused TCP connection as an abort with no A-ASSOCIATE response.
-        return f"could not connect to {destination.address} (nothing listening, or the peer closed it)"
+        # pynetdicom reports a refused TCP connection (or a failed TLS handshake) as an abort with no
+        # A-ASSOCIATE response, and only logs why.
+        over = " over TLS" if destination.tls else ""
+        if reason:
+            return f"could not connect to {destination.address}{over}: {reason}"
+        return f"could not connect to {destination.address}{over} (nothing listening, or the peer closed it)"
     return f"{destination.address} aborted the association"
 
 
@@ -139,10 +184,7 @@ def send_files(
         ae = make_ae(calling_ae_title, timeouts)
         for sop_class, syntax in sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in batch}):
             ae.add_requested_context(sop_class, syntax)
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        if not assoc.is_established:
-            raise ConnectionError(_why_not_established(assoc, destination))
-        set_nodelay(assoc)
+        assoc = associate(ae, destination)
         try:
             for item in batch:
                 if not assoc.is_established:

@@ -29,7 +29,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import update
 
 from dicom_node.config import DEFAULT_TIMEOUTS, Destination, DimseTimeouts, JobSettings, Settings
-from dicom_node.delivery.scu import FileToSend, SendReport, is_success, make_ae, set_nodelay
+from dicom_node.delivery.scu import FileToSend, SendReport, associate, is_success, make_ae
 from dicom_node.index.models import Delivery, DeliveryState, Job, utcnow
 from dicom_node.ops.metrics import DELIVERIES_FINISHED, DELIVERY_ATTEMPTS, DELIVERY_FAILURES, observe_stage
 
@@ -80,11 +80,7 @@ def send_results(
         by_class.setdefault(item.sop_class_uid, []).append(item.transfer_syntax_uid)
     for sop_class, stored in sorted(by_class.items()):
         ae.add_requested_context(sop_class, proposed_syntaxes(stored))
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    if not assoc.is_established:
-        state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
-        raise ConnectionError(f"{destination.address}: association {state}")
-    set_nodelay(assoc)
+    assoc = associate(ae, destination)
     try:
         accepted = {str(cx.abstract_syntax): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
         for item in files:
@@ -164,7 +160,10 @@ def deliver(context: DeliveryContext, delivery_id: int) -> DeliveryOutcome:
             for r in job.results
             if r.profile == delivery.profile
         ]
-        destination = Destination(
+        # The destination as configured now, TLS settings and all. One that was removed from the
+        # settings gets nothing (never sent in clear text to an address it had): the row names it.
+        configured = next((d for d in context.settings.destinations if d.name == delivery.destination), None)
+        destination = configured or Destination(
             name=delivery.destination, ae_title=delivery.ae_title, host=delivery.host, port=delivery.port
         )
         job_finished_at = job.finished_at
@@ -172,6 +171,8 @@ def deliver(context: DeliveryContext, delivery_id: int) -> DeliveryOutcome:
     DELIVERY_ATTEMPTS.labels(destination=destination.name).inc()
     error: str | None = None
     try:
+        if configured is None:
+            raise ConnectionError(f"destination {destination.name!r} is no longer configured; nothing sent")
         report = send_results(destination, files, context.settings.ae_title, context.settings.timeouts)
         failed = {uid: s for uid, s in report.statuses.items() if not is_success(s)}
         if failed:

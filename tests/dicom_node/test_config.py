@@ -339,3 +339,20 @@ def test_tls_files_must_exist_and_client_certificates_need_a_ca(tmp_path: Path):
     config.write_text(tls)
     settings = load_settings(config, environ={})
     assert settings.tls is not None and settings.tls.private_key == tmp_path / "server.key"
+
+
+def test_destination_tls_settings_need_tls_and_go_together(tmp_path: Path):
+    for name in ("ca.crt", "client.crt", "client.key"):
+        (tmp_path / name).write_text("PEM\n")
+    peer = '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "pacs.example.org"\nport = 2762\n'
+    ca = f'ca_certificates = "{tmp_path / "ca.crt"}"\n'
+    assert "destinations[0]: ca_certificates given but tls is not true" in _problems(tmp_path, peer + ca)
+    half = f'certificate = "{tmp_path / "client.crt"}"\n'
+    assert "certificate and private_key go together" in _problems(tmp_path, peer + "tls = true\n" + half)
+    assert "destinations[0].ca_certificates: no such file" in _problems(
+        tmp_path, peer + f'tls = true\nca_certificates = "{tmp_path / "missing.crt"}"\n'
+    )
+    config = tmp_path / "node.toml"
+    config.write_text(peer + "tls = true\n" + ca + half + f'private_key = "{tmp_path / "client.key"}"\n')
+    destination = load_settings(config, environ={}).destination("pacs")
+    assert destination.tls and destination.private_key == tmp_path / "client.key"

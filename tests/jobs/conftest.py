@@ -81,10 +81,11 @@ class Pacs:
     ae_title: str = "PACS"
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
+        """Listen; ``options`` go to storescp before the port (e.g. ``+tls key crt +cf ca.crt``)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            ["storescp", "-aet", self.ae_title, "-od", str(self.folder), "+uf", str(self.port)],
+            ["storescp", "-aet", self.ae_title, "-od", str(self.folder), "+uf", *options, str(self.port)],
             env={**os.environ, "TCP_NODELAY": "1"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -127,7 +128,8 @@ class NodeUnderTest:
     def data_dir(self) -> Path:
         return self.root / "var"
 
-    def write_config(self, **jobs: Any) -> None:
+    def write_config(self, destination: dict[str, Any] | None = None, **jobs: Any) -> None:
+        """The node's TOML file: ``jobs`` into ``[jobs]``, ``destination`` into the PACS's entry."""
         settings = {
             "reconcile_interval": 0.3,
             "queued_lease": 30,
@@ -152,6 +154,7 @@ class NodeUnderTest:
             f'ae_title = "{self.pacs.ae_title}"',
             'host = "127.0.0.1"',
             f"port = {self.pacs.port}",
+            *(f"{k} = {_toml(v)}" for k, v in (destination or {}).items()),
             "[[routes]]",
             'pipeline = "fixed-cost"',
             'select = "thinnest"',
@@ -302,10 +305,12 @@ def pacs(tmp_path: Path) -> Iterator[Pacs]:
 def node_factory(tmp_path: Path, pacs: Pacs) -> Iterator[Callable[..., NodeUnderTest]]:
     nodes: list[NodeUnderTest] = []
 
-    def build(broker_url: str = REDIS_URL, **jobs: Any) -> NodeUnderTest:
+    def build(
+        broker_url: str = REDIS_URL, destination: dict[str, Any] | None = None, **jobs: Any
+    ) -> NodeUnderTest:
         node = NodeUnderTest(tmp_path / f"node{len(nodes)}", pacs, broker_url)
         node.root.mkdir()
-        node.write_config(**jobs)
+        node.write_config(destination, **jobs)
         nodes.append(node)
         return node
 
