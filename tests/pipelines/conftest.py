@@ -18,8 +18,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 
 from pipelines.ct_lung_nodules import GridDetections
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 CT_DIR = DATA / "ct" / "totalseg_dicom"
 CXR = DATA / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"
 
