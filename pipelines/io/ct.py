@@ -1,21 +1,14 @@
-"""DICOM input for the pipelines: a CT series as an oriented volume, a radiograph as a float image.
+"""Loading a CT series into a ``CtVolume`` (conventions in ``pipelines.io.volume``).
 
-Geometry conventions (the same as DICOM's and the result types'):
+The volume itself (decoding, modality transform to HU, sorting, affine) is highdicom's volume API:
+``get_volume_from_series`` for single-frame images, ``Image.get_volume`` for one enhanced or
+legacy-converted multi-frame image. This module adds the refusals, checked on the headers first so
+that each gets its own message, and the map from each plane back to its source image (or frame).
 
-* ``CtVolume.voxels`` has shape (slices, rows, columns) and holds Hounsfield units.
-* ``CtVolume.affine_lps`` maps a voxel index written as (column, row, slice, 1) to patient coordinates
-  in mm (LPS: +x left, +y posterior, +z head), so voxel centres sit at integer indices. Its first two
-  columns are ImageOrientationPatient times PixelSpacing; its third is the step between slices.
-* Slices are ordered by their position projected on the slice normal (row direction × column
-  direction), never by file order or InstanceNumber: a series that arrives reversed or shuffled gives
-  the same volume. ``source_images[i]`` is the image (or frame) that plane ``i`` came from.
-* For MONAI the volume is handed over as a channel-first ``MetaTensor`` of shape (1, columns, rows,
-  slices) with a RAS affine, which is what MONAI's ITK reader with ``affine_lps_to_ras=True`` gives and
-  what the bundles' ``Orientationd(axcodes="RAS")`` expects.
-
-A series whose slices are not evenly spaced (a missing slice, mixed acquisitions) or whose slices are
-sheared against their normal (gantry tilt) is refused with ``PipelineInputError``: resampling it would
-silently move findings, and the bundles were not trained on it.
+A series whose slices are not evenly spaced (a missing slice, mixed acquisitions), lie twice at one
+position, differ in orientation, size or pixel spacing, or are sheared against their normal (gantry
+tilt) is refused with ``PipelineInputError``: resampling it would silently move findings, and the
+bundles were not trained on it. So is an image with an empty UID: results could not refer to it.
 """
 
 from __future__ import annotations
@@ -26,105 +19,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 import numpy.typing as npt
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from pipelines.errors import PipelineInputError
 from pipelines.findings import ImageReference
+from pipelines.io.dicom import decode_pixels, read_dataset, required_uid
+from pipelines.io.volume import CtVolume
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-
-#: Largest accepted deviation of one slice step from the median step, relative to the median.
+#: Largest accepted deviation of one slice step from the mean step, relative to the mean.
 SLICE_STEP_TOLERANCE = 0.01
 #: Largest accepted in-plane drift between consecutive slice origins (mm): more is gantry tilt.
 SHEAR_TOLERANCE_MM = 0.01
-#: LPS ↔ RAS: negate x and y.
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-FloatArray = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class CtVolume:
-    """A CT series as one regular volume in Hounsfield units with its exact patient geometry."""
-
-    voxels: FloatArray
-    affine_lps: npt.NDArray[np.float64]
-    source_images: tuple[ImageReference, ...]
-    series_instance_uid: str
-    frame_of_reference_uid: str
-
-    def __post_init__(self) -> None:
-        if self.voxels.ndim != 3:
-            raise ValueError('Argument "voxels" must have three dimensions (slices, rows, columns).')
-        if self.voxels.shape[0] != len(self.source_images):
-            raise ValueError('Argument "source_images" must name one image per plane of "voxels".')
-        if self.affine_lps.shape != (4, 4):
-            raise ValueError('Argument "affine_lps" must be a 4×4 matrix.')
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(slices, rows, columns)."""
-        s, r, c = self.voxels.shape
-        return (s, r, c)
-
-    @property
-    def spacing_mm(self) -> tuple[float, float, float]:
-        """Voxel size along (column, row, slice) in mm."""
-        norms = np.linalg.norm(self.affine_lps[:3, :3], axis=0)
-        return (float(norms[0]), float(norms[1]), float(norms[2]))
-
-    @property
-    def voxel_volume_mm3(self) -> float:
-        return float(abs(np.linalg.det(self.affine_lps[:3, :3])))
-
-    def patient_point(self, column: float, row: float, plane: float) -> tuple[float, float, float]:
-        """Patient (LPS) coordinates of a continuous voxel index."""
-        p = self.affine_lps @ np.array([column, row, plane, 1.0])
-        return (float(p[0]), float(p[1]), float(p[2]))
-
-    def voxel_index(self, point_lps: Sequence[float]) -> tuple[float, float, float]:
-        """Continuous (column, row, plane) index of a patient point."""
-        v = np.linalg.solve(self.affine_lps, np.array([*point_lps, 1.0]))
-        return (float(v[0]), float(v[1]), float(v[2]))
-
-    def to_metatensor(self) -> Any:
-        """The volume as MONAI sees it: a (1, columns, rows, slices) ``MetaTensor`` with a RAS affine."""
-        import torch
-        from monai.data.meta_tensor import MetaTensor
-
-        array = torch.from_numpy(np.ascontiguousarray(self.voxels.transpose(2, 1, 0)))[None]
-        affine = torch.as_tensor(LPS_TO_RAS @ self.affine_lps, dtype=torch.float64)
-        return MetaTensor(array, affine=affine, meta={"space": "RAS"})
-
-
-@dataclass(frozen=True)
-class Radiograph:
-    """One projection radiograph as a float image, brighter = more attenuation.
-
-    ``pixels`` holds the modality LUT output, passed through the VOI LUT when the image has one, with
-    MONOCHROME1 inverted so that every image reads the same way. ``value_range`` is the range those
-    values can take (from BitsStored and the LUTs), which is what a network's normalisation needs —
-    not the min/max of this particular image.
-    """
-
-    pixels: FloatArray
-    value_range: tuple[float, float]
-    pixel_spacing_mm: tuple[float, float] | None
-    view_position: str
-    modality: str
-    source: ImageReference
 
 
 @dataclass(frozen=True)
 class _Plane:
-    """One 2-D plane of a CT series before sorting: a classic image or one frame of an enhanced one."""
+    """The header geometry of one plane of a CT series: a classic image or one frame of a multi-frame one."""
 
-    pixels: FloatArray
+    dataset: int  # index of the data set it is in, in the order the files were given
+    size: tuple[int, int]  # (rows, columns)
     position: npt.NDArray[np.float64]
     row_direction: npt.NDArray[np.float64]
     column_direction: npt.NDArray[np.float64]
@@ -132,30 +48,16 @@ class _Plane:
     reference: ImageReference
 
 
-def read_dataset(path: str | Path) -> Dataset:
-    """Read a DICOM file, turning any read error into ``PipelineInputError``."""
-    try:
-        return pydicom.dcmread(str(path))
-    except Exception as exc:  # pydicom raises several unrelated types for broken files
-        raise PipelineInputError(f"{Path(path).name}: not a readable DICOM file ({exc})") from exc
-
-
-def _pixels(ds: Dataset, name: str) -> npt.NDArray[Any]:
-    # Decoding is deferred until pixel_array is touched, so a broken JPEG 2000 stream only shows here.
-    try:
-        return ds.pixel_array
-    except Exception as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise PipelineInputError(
-            f"{name}: pixel data cannot be decoded (transfer syntax {syntax}: {exc})"
-        ) from exc
-
-
-def _required_uid(ds: Dataset, keyword: str, name: str) -> str:
-    value = str(ds.get(keyword, "") or "")
-    if not value:
-        raise PipelineInputError(f"{name}: {keyword} is empty, so results could not refer to this image")
-    return value
+#: How highdicom turns stored values into HU: the modality transform (rescale slope/intercept, or a
+#: Modality LUT) and nothing after it — no real-world value map, presentation LUT or colour.
+_HU_TRANSFORM: dict[str, Any] = {
+    "dtype": np.float32,
+    "apply_real_world_transform": False,
+    "apply_voi_transform": False,
+    "apply_presentation_lut": False,
+    "apply_palette_color_lut": False,
+    "apply_icc_profile": False,
+}
 
 
 def _vector(values: Any, length: int, what: str, name: str) -> npt.NDArray[np.float64]:
@@ -181,26 +83,29 @@ def _orientation(iop: Any, name: str) -> tuple[npt.NDArray[np.float64], npt.NDAr
     return row / np.linalg.norm(row), col / np.linalg.norm(col)
 
 
-def _classic_plane(ds: Dataset, name: str) -> _Plane:
-    stored = _pixels(ds, name)
-    if stored.ndim != 2:
-        raise PipelineInputError(f"{name}: expected one greyscale plane, pixel data has shape {stored.shape}")
-    hu = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+def _size(ds: Dataset, name: str) -> tuple[int, int]:
+    if "PixelData" not in ds:
+        raise PipelineInputError(f"{name}: the image has no pixel data")
+    return (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+
+
+def _classic_plane(ds: Dataset, index: int, name: str) -> _Plane:
     row, col = _orientation(ds.get("ImageOrientationPatient"), name)
     spacing = _vector(ds.get("PixelSpacing"), 2, "PixelSpacing", name)
     return _Plane(
-        pixels=hu,
+        dataset=index,
+        size=_size(ds, name),
         position=_vector(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", name),
         row_direction=row,
         column_direction=col,
         spacing=(float(spacing[0]), float(spacing[1])),
         reference=ImageReference(
-            _required_uid(ds, "SOPClassUID", name), _required_uid(ds, "SOPInstanceUID", name)
+            required_uid(ds, "SOPClassUID", name), required_uid(ds, "SOPInstanceUID", name)
         ),
     )
 
 
-def _functional_item(ds: Dataset, frame: int, sequence: str, name: str) -> Dataset | None:
+def _functional_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     """The functional group macro for one frame: per-frame first, then shared, as PS3.3 C.7.6.16 says."""
     for groups_keyword, index in (
         ("PerFrameFunctionalGroupsSequence", frame),
@@ -216,33 +121,27 @@ def _functional_item(ds: Dataset, frame: int, sequence: str, name: str) -> Datas
     return None
 
 
-def _enhanced_planes(ds: Dataset, name: str) -> list[_Plane]:
-    stored = _pixels(ds, name)
+def _enhanced_planes(ds: Dataset, index: int, name: str) -> list[_Plane]:
+    """The planes of a multi-frame image, from its functional groups (highdicom reads them for the
+    pixels too, but keeps the per-frame geometry to itself)."""
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if stored.ndim == 2:
-        stored = stored[None]
-    if stored.ndim != 3 or stored.shape[0] != frames:
-        raise PipelineInputError(
-            f"{name}: expected {frames} greyscale frames, pixel data has shape {stored.shape}"
-        )
-    sop_class = _required_uid(ds, "SOPClassUID", name)
-    sop_instance = _required_uid(ds, "SOPInstanceUID", name)
+    size = _size(ds, name)
+    sop_class = required_uid(ds, "SOPClassUID", name)
+    sop_instance = required_uid(ds, "SOPInstanceUID", name)
     planes = []
     for i in range(frames):
         where = f"{name} frame {i + 1}"
-        position = _functional_item(ds, i, "PlanePositionSequence", where)
-        orientation = _functional_item(ds, i, "PlaneOrientationSequence", where)
-        measures = _functional_item(ds, i, "PixelMeasuresSequence", where)
+        position = _functional_item(ds, i, "PlanePositionSequence")
+        orientation = _functional_item(ds, i, "PlaneOrientationSequence")
+        measures = _functional_item(ds, i, "PixelMeasuresSequence")
         if position is None or orientation is None or measures is None:
             raise PipelineInputError(f"{where}: plane position, orientation or pixel measures are missing")
-        transform = _functional_item(ds, i, "PixelValueTransformationSequence", where)
-        slope = float(transform.get("RescaleSlope", 1.0)) if transform is not None else 1.0
-        intercept = float(transform.get("RescaleIntercept", 0.0)) if transform is not None else 0.0
         row, col = _orientation(orientation.get("ImageOrientationPatient"), where)
         spacing = _vector(measures.get("PixelSpacing"), 2, "PixelSpacing", where)
         planes.append(
             _Plane(
-                pixels=(stored[i].astype(np.float32) * np.float32(slope) + np.float32(intercept)),
+                dataset=index,
+                size=size,
                 position=_vector(position.get("ImagePositionPatient"), 3, "ImagePositionPatient", where),
                 row_direction=row,
                 column_direction=col,
@@ -253,6 +152,101 @@ def _enhanced_planes(ds: Dataset, name: str) -> list[_Plane]:
     return planes
 
 
+def _check_geometry(planes: list[_Plane]) -> float:
+    """Refuse what is not one regular volume, each with its own message; returns the slice step (mm)."""
+    if len(planes) < 2:
+        raise PipelineInputError("a CT volume needs at least two slices; this series has one")
+    first = planes[0]
+    for plane in planes[1:]:
+        if plane.size != first.size:
+            raise PipelineInputError(f"slices have different sizes ({first.size} and {plane.size})")
+        if not (
+            np.allclose(plane.row_direction, first.row_direction, atol=1e-4)
+            and np.allclose(plane.column_direction, first.column_direction, atol=1e-4)
+        ):
+            raise PipelineInputError("slices have different orientations (a localizer or a mixed series?)")
+        if not np.allclose(plane.spacing, first.spacing, rtol=1e-4):
+            raise PipelineInputError("slices have different pixel spacings")
+    normal = np.cross(first.row_direction, first.column_direction)
+    positions = np.stack([p.position for p in sorted(planes, key=lambda p: float(p.position @ normal))])
+    steps = np.diff(positions @ normal)
+    if np.any(steps <= 1e-3):
+        raise PipelineInputError(
+            "two images lie at the same slice position (duplicate images or two acquisitions in one series)"
+        )
+    step = float((positions[-1] - positions[0]) @ normal) / (len(planes) - 1)
+    if float(np.max(np.abs(steps - step))) > SLICE_STEP_TOLERANCE * step:
+        raise PipelineInputError(
+            f"slice spacing is irregular: steps range from {steps.min():.3f} to {steps.max():.3f} mm "
+            "(a missing slice, or variable-thickness reconstruction); resend the complete series or a "
+            "reconstruction with even spacing"
+        )
+    in_plane = np.diff(positions, axis=0) - np.outer(steps, normal)
+    drift = float(np.max(np.linalg.norm(in_plane, axis=1)))
+    if drift > SHEAR_TOLERANCE_MM:
+        angle = math.degrees(math.atan2(drift, step))
+        raise PipelineInputError(
+            f"slices are sheared against their normal by {angle:.1f}° (gantry tilt); send a reconstruction "
+            "without tilt or one resampled to an orthogonal grid"
+        )
+    return step
+
+
+def _highdicom_volume(
+    datasets: list[Dataset], planes: list[_Plane], step: float, frame_uid: str
+) -> hd.Volume:
+    multiframe = [ds for ds in datasets if "PerFrameFunctionalGroupsSequence" in ds]
+    if not multiframe:
+        return hd.get_volume_from_series(
+            datasets, rtol=SLICE_STEP_TOLERANCE, orientation_tol=1e-4, **_HU_TRANSFORM
+        )
+    if len(datasets) == 1:
+        image = hd.Image.from_dataset(datasets[0], copy=False)
+        return image.get_volume(rtol=SLICE_STEP_TOLERANCE, **_HU_TRANSFORM)
+    # Hand-written stacking because highdicom's volume API reads a series of single-frame images or one
+    # multi-frame image, not a series whose frames are spread over several instances (a concatenation,
+    # or multi-frame and single-frame images mixed). highdicom still decodes and rescales each frame and
+    # makes the Volume; the frames go in its slice order (right-handed: against row × column direction).
+    images = [hd.Image.from_dataset(ds, copy=False) for ds in datasets]
+    first = planes[0]
+    normal = np.cross(first.row_direction, first.column_direction)
+    ordered = sorted(planes, key=lambda p: -float(p.position @ normal))
+    array = np.stack(
+        [images[p.dataset].get_frame(p.reference.frame_number or 1, **_HU_TRANSFORM) for p in ordered]
+    )
+    return hd.Volume.from_attributes(
+        array=array,
+        image_position=ordered[0].position.tolist(),
+        image_orientation=[*first.row_direction.tolist(), *first.column_direction.tolist()],
+        pixel_spacing=list(first.spacing),
+        spacing_between_slices=step,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        frame_of_reference_uid=frame_uid,
+    )
+
+
+def _ct_volume(volume: hd.Volume, planes: list[_Plane], series_uid: str, frame_uid: str) -> CtVolume:
+    """Our conventions on highdicom's volume, and each plane's source image found by its position."""
+    # highdicom stacks slices so that (slice, row, column) is right-handed, i.e. against our normal.
+    volume = volume.ensure_handedness(hd.AxisHandedness.LEFT_HANDED, flip_axis=0)
+    index = volume.map_reference_to_indices(np.stack([p.position for p in planes]))
+    plane_of = np.rint(index[:, 0]).astype(np.int64)
+    if sorted(plane_of.tolist()) != list(range(len(planes))) or np.any(np.abs(index[:, 1:]) >= 0.5):
+        raise PipelineInputError("the assembled volume does not hold every image at its own position")
+    references: list[ImageReference] = [planes[0].reference] * len(planes)
+    for plane, k in zip(planes, plane_of.tolist(), strict=True):
+        references[k] = plane.reference
+    # highdicom indexes (slice, row, column); CtVolume.affine_lps takes (column, row, slice).
+    affine = np.asarray(volume.affine, dtype=np.float64)[:, [2, 1, 0, 3]]
+    return CtVolume(
+        voxels=volume.array,
+        affine_lps=affine,
+        source_images=tuple(references),
+        series_instance_uid=series_uid,
+        frame_of_reference_uid=frame_uid,
+    )
+
+
 def load_ct_series(paths: Sequence[str | Path]) -> CtVolume:
     """Read a CT series (classic single-frame files and/or enhanced multi-frame files) into a volume.
 
@@ -260,6 +254,7 @@ def load_ct_series(paths: Sequence[str | Path]) -> CtVolume:
     """
     if not paths:
         raise PipelineInputError("the series has no images")
+    datasets: list[Dataset] = []
     planes: list[_Plane] = []
     series_uids: set[str] = set()
     frame_uids: set[str] = set()
@@ -271,152 +266,26 @@ def load_ct_series(paths: Sequence[str | Path]) -> CtVolume:
             raise PipelineInputError(
                 f"{name}: modality is {modality or 'missing'}, this pipeline reads CT only"
             )
-        if int(ds.get("SamplesPerPixel", 1)) != 1:
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+        if int(ds.get("SamplesPerPixel", 1)) != 1 or not photometric.startswith("MONOCHROME"):
             raise PipelineInputError(f"{name}: colour CT images cannot be analysed")
-        series_uids.add(_required_uid(ds, "SeriesInstanceUID", name))
-        frame_uids.add(str(ds.get("FrameOfReferenceUID", "") or ""))
+        series_uids.add(required_uid(ds, "SeriesInstanceUID", name))
+        frame_uids.add(required_uid(ds, "FrameOfReferenceUID", name))
         if "PerFrameFunctionalGroupsSequence" in ds:
-            planes.extend(_enhanced_planes(ds, name))
+            planes.extend(_enhanced_planes(ds, len(datasets), name))
         else:
-            planes.append(_classic_plane(ds, name))
+            planes.append(_classic_plane(ds, len(datasets), name))
+        datasets.append(ds)
     if len(series_uids) != 1:
         raise PipelineInputError(f"the images belong to {len(series_uids)} different series")
     if len(frame_uids) != 1:
         raise PipelineInputError("the images do not share one Frame of Reference UID")
-    return _assemble(planes, series_uids.pop(), frame_uids.pop())
-
-
-def _assemble(planes: list[_Plane], series_uid: str, frame_uid: str) -> CtVolume:
-    if len(planes) < 2:
-        raise PipelineInputError("a CT volume needs at least two slices; this series has one")
-    first = planes[0]
-    shape = first.pixels.shape
-    for plane in planes[1:]:
-        if plane.pixels.shape != shape:
-            raise PipelineInputError(f"slices have different sizes ({shape} and {plane.pixels.shape})")
-        if not (
-            np.allclose(plane.row_direction, first.row_direction, atol=1e-4)
-            and np.allclose(plane.column_direction, first.column_direction, atol=1e-4)
-        ):
-            raise PipelineInputError("slices have different orientations (a localizer or a mixed series?)")
-        if not np.allclose(plane.spacing, first.spacing, rtol=1e-4):
-            raise PipelineInputError("slices have different pixel spacings")
-    normal = np.cross(first.row_direction, first.column_direction)
-    planes = sorted(planes, key=lambda p: float(p.position @ normal))
-    positions = np.stack([p.position for p in planes])
-    along = positions @ normal
-    steps = np.diff(along)
-    if np.any(steps <= 1e-3):
-        raise PipelineInputError(
-            "two images lie at the same slice position (duplicate images or two acquisitions in one series)"
-        )
-    median = float(np.median(steps))
-    worst = float(np.max(np.abs(steps - median)))
-    if worst > SLICE_STEP_TOLERANCE * median:
-        raise PipelineInputError(
-            f"slice spacing is irregular: steps range from {steps.min():.3f} to {steps.max():.3f} mm "
-            "(a missing slice, or variable-thickness reconstruction); resend the complete series or a "
-            "reconstruction with even spacing"
-        )
-    deltas = np.diff(positions, axis=0)
-    in_plane = deltas - np.outer(steps, normal)
-    drift = float(np.max(np.linalg.norm(in_plane, axis=1)))
-    if drift > SHEAR_TOLERANCE_MM:
-        angle = math.degrees(math.atan2(drift, median))
-        raise PipelineInputError(
-            f"slices are sheared against their normal by {angle:.1f}° (gantry tilt); send a reconstruction "
-            "without tilt or one resampled to an orthogonal grid"
-        )
-    row_spacing, column_spacing = first.spacing
-    affine = np.eye(4)
-    affine[:3, 0] = first.row_direction * column_spacing
-    affine[:3, 1] = first.column_direction * row_spacing
-    affine[:3, 2] = (positions[-1] - positions[0]) / (len(planes) - 1)
-    affine[:3, 3] = positions[0]
-    voxels = np.stack([p.pixels for p in planes]).astype(np.float32, copy=False)
-    return CtVolume(
-        voxels=voxels,
-        affine_lps=affine,
-        source_images=tuple(p.reference for p in planes),
-        series_instance_uid=series_uid,
-        frame_of_reference_uid=frame_uid,
-    )
-
-
-def _modality_range(ds: Dataset) -> tuple[float, float]:
-    """The range of the modality LUT's output over all storable values."""
-    if "ModalityLUTSequence" in ds:
-        bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
-        return 0.0, float(2**bits - 1)
-    bits = int(ds.BitsStored)
-    if int(ds.get("PixelRepresentation", 0)) == 1:
-        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    else:
-        lo, hi = 0.0, float(2**bits - 1)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    a, b = lo * slope + intercept, hi * slope + intercept
-    return (min(a, b), max(a, b))
-
-
-def _voi_range(ds: Dataset, modality_range: tuple[float, float]) -> tuple[float, float] | None:
-    """The output range of the image's VOI LUT, as pydicom's apply_voi_lut produces it; None if none."""
-    if "VOILUTSequence" in ds:
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return 0.0, float(2**bits - 1)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        # pydicom's apply_windowing maps the window onto the range of the modality output.
-        return modality_range
-    return None
-
-
-def _view_position(ds: Dataset) -> str:
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if view:
-        return view
-    for item in ds.get("ViewCodeSequence", []):
-        meaning = str(item.get("CodeMeaning", "")).lower()
-        if "lateral" in meaning:
-            return "LATERAL"
-        if "postero-anterior" in meaning or "posteroanterior" in meaning:
-            return "PA"
-        if "antero-posterior" in meaning or "anteroposterior" in meaning:
-            return "AP"
-    return ""
-
-
-def load_radiograph(path: str | Path) -> Radiograph:
-    """Read one projection radiograph (CR, DX, or a Secondary Capture of one) as a float image."""
-    name = Path(path).name
-    ds = read_dataset(path)
-    photometric = str(ds.get("PhotometricInterpretation", ""))
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise PipelineInputError(
-            f"{name}: photometric interpretation {photometric or 'missing'} is not greyscale"
-        )
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        raise PipelineInputError(f"{name}: a radiograph must have a single frame")
-    stored = _pixels(ds, name)
-    modality_range = _modality_range(ds)
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    voi_range = _voi_range(ds, modality_range)
-    if voi_range is not None:
-        values = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
-        lo, hi = voi_range
-    else:
-        lo, hi = modality_range
-    values = np.clip(values, lo, hi)
-    if photometric == "MONOCHROME1":
-        values = lo + hi - values
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    pixel_spacing = (float(spacing[0]), float(spacing[1])) if spacing else None
-    return Radiograph(
-        pixels=values.astype(np.float32),
-        value_range=(lo, hi),
-        pixel_spacing_mm=pixel_spacing,
-        view_position=_view_position(ds),
-        modality=str(ds.get("Modality", "")),
-        source=ImageReference(
-            _required_uid(ds, "SOPClassUID", name), _required_uid(ds, "SOPInstanceUID", name)
-        ),
-    )
+    series_uid, frame_uid = series_uids.pop(), frame_uids.pop()
+    step = _check_geometry(planes)
+    try:
+        volume = _highdicom_volume(datasets, planes, step, frame_uid)
+    except Exception as exc:  # the decoders and highdicom raise many types (ValueError, RuntimeError, …)
+        for path in paths:  # name the file whose pixel data is broken, if one is
+            decode_pixels(read_dataset(path), Path(path).name)
+        raise PipelineInputError(f"the images cannot be assembled into one volume ({exc})") from exc
+    return _ct_volume(volume, planes, series_uid, frame_uid)
