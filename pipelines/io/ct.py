@@ -195,6 +195,11 @@ def _check_geometry(planes: list[_Plane]) -> float:
 def _highdicom_volume(
     datasets: list[Dataset], planes: list[_Plane], step: float, frame_uid: str
 ) -> hd.Volume:
+    # Against the hand-written assembly this replaced (identical voxels, affine and source order), best of
+    # 3 on the shared 2-core machine: the real 20-slice JPEG 2000 series 0.44 s vs 0.43 s; 300 generated
+    # uncompressed slices 0.77 s vs 0.38 s (about 1 ms per file in highdicom's IOD look-ups) and peak
+    # memory 1.07 vs 0.67 GB (all data sets stay open until the volume is stacked); one enhanced image of
+    # 300 frames 0.17 s vs 0.31 s.
     multiframe = [ds for ds in datasets if "PerFrameFunctionalGroupsSequence" in ds]
     if not multiframe:
         return hd.get_volume_from_series(
