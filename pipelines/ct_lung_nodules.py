@@ -29,7 +29,7 @@ import torch
 from pipelines.base import StageTimer
 from pipelines.compute import Compute
 from pipelines.ct_geometry import model_affine_lps, to_model_grid
-from pipelines.findings import Findings, ModelInfo, Nodule, NoduleDetectionResult
+from pipelines.findings import Findings, ModelInfo, Nodule, NoduleDetectionResult, Point3D
 from pipelines.io import CtVolume, load_ct_series
 
 NAME = "ct-lung-nodules"
@@ -97,6 +97,11 @@ class BundleNoduleDetector:
         )
 
 
+def _point(v: npt.NDArray[np.float64]) -> Point3D:
+    """The first three values of ``v`` as a patient point."""
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
 @dataclass
 class LungNoduleDetectionPipeline:
     """CT series → nodules in patient coordinates."""
@@ -154,9 +159,9 @@ class LungNoduleDetectionPipeline:
         column, row, plane = volume.voxel_index(centre[:3])
         k = int(min(max(math.floor(plane + 0.5), 0), volume.shape[0] - 1))
         return Nodule(
-            center=(float(centre[0]), float(centre[1]), float(centre[2])),
-            box_min=tuple(float(v) for v in world.min(axis=0)),  # type: ignore[arg-type]
-            box_max=tuple(float(v) for v in world.max(axis=0)),  # type: ignore[arg-type]
+            center=_point(centre),
+            box_min=_point(world.min(axis=0)),
+            box_max=_point(world.max(axis=0)),
             long_axis_mm=float(sides.max()),
             volume_mm3=float(math.pi / 6.0 * np.prod(sides)),
             confidence=min(max(score, 0.0), 1.0),

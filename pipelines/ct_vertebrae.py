@@ -105,17 +105,31 @@ _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 def largest_components(
     label_map: npt.NDArray[np.uint16], kept: Sequence[int], min_voxels: float
 ) -> npt.NDArray[np.uint16]:
-    """Per label, only its largest 26-connected component, and only if it has ``min_voxels``."""
+    """Per label, only its largest 26-connected component, and only if it has ``min_voxels``.
+
+    Labels not in ``kept`` become 0; of two equally large largest components the first in (slice, row,
+    column) order stays. The result equals MONAI's ``KeepLargestConnectedComponent(connectivity=3)``
+    then ``RemoveSmallObjects(min_size=ceil(min_voxels))`` (tests/pipelines/test_components.py) except
+    on such ties, where MONAI keeps the later one, and for a component of exactly ``min_size`` voxels,
+    which MONAI 1.6 with scikit-image 0.26 drops (it passes the deprecated ``min_size``, which 0.26
+    reads as an inclusive ``max_size``). Hand-written on SciPy because MONAI's is slower and would make
+    scikit-image a run-time dependency: on a 300×512×512 map with 25 labels (each one body plus stray
+    blobs), best of 3 on the shared 2-core machine: MONAI 23.0 s, labelling the whole volume per label
+    (the previous version of this function) 17.3 s, labelling inside each label's bounding box 7.0 s.
+    """
     out = np.zeros_like(label_map)
+    if not kept:
+        return out
+    boxes = ndimage.find_objects(label_map, max_label=max(kept))  # box of value v at boxes[v - 1]
     for value in kept:
-        mask = label_map == value
-        if not mask.any():
+        box = boxes[value - 1] if 0 < value <= len(boxes) else None
+        if box is None:
             continue
-        components, _ = ndimage.label(mask, structure=_CONNECTIVITY_26)
+        components, _ = ndimage.label(label_map[box] == value, structure=_CONNECTIVITY_26)
         sizes = np.bincount(components.ravel())[1:]
         biggest = int(np.argmax(sizes)) + 1
         if sizes[biggest - 1] >= min_voxels:
-            out[components == biggest] = value
+            out[box][components == biggest] = value  # out[box] is a view: this writes into out
     return out
 
 

@@ -55,11 +55,16 @@ def get_pipeline(name: str, models_dir: Path, compute: Compute | None = None) ->
             compute=compute,
         )
     if name == "ct-lung-nodules":
+        from monai.apps.detection.networks.retinanet_network import RetinaNet
+
         from models.lung_nodule_retinanet import build_lung_nodule_detector
 
+        if not isinstance(installed.network, RetinaNet):
+            kind = type(installed.network).__name__
+            raise PipelineNotInstalledError(name, f"the installed network is a {kind}, not a RetinaNet")
         inference, thresholds = data["inference"], data["thresholds"]
         detector = build_lung_nodule_detector(
-            installed.network,  # type: ignore[arg-type]
+            installed.network,
             feature_map_scales=inference["anchor_feature_map_scales"],
             base_anchor_shapes=inference["base_anchor_shapes"],
             score_thresh=thresholds["score_thresh"],

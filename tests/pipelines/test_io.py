@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from pipelines.errors import PipelineInputError
 from pipelines.io import load_ct_series, load_radiograph
@@ -86,20 +90,20 @@ def test_per_slice_rescale_is_applied(uncompressed):
     np.testing.assert_array_equal(volume.voxels[5], ds.pixel_array.astype(np.float32) * 2 - 2048)
 
 
-def test_enhanced_multiframe_ct_matches_the_classic_series(tmp_path):
-    slices = read_sorted()
+def write_enhanced(path, slices, order, sop_instance_uid=None) -> str:
+    """An Enhanced CT image of ``slices[k]`` for k in ``order`` (frame i + 1 holds ``slices[order[i]]``)."""
     first = slices[0]
     ds = Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = sop_instance_uid or generate_uid()
     ds.Modality = "CT"
     ds.SeriesInstanceUID = first.SeriesInstanceUID
     ds.FrameOfReferenceUID = first.FrameOfReferenceUID
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = first.Rows, first.Columns, len(slices)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = first.Rows, first.Columns, len(order)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     shared = Dataset()
     orientation, measures, transform = Dataset(), Dataset(), Dataset()
@@ -110,7 +114,6 @@ def test_enhanced_multiframe_ct_matches_the_classic_series(tmp_path):
     shared.PixelMeasuresSequence = Sequence([measures])
     shared.PixelValueTransformationSequence = Sequence([transform])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    order = list(range(len(slices)))[::-1]  # frames stored in reverse: sorting must still win
     frames = []
     for k in order:
         item, position = Dataset(), Dataset()
@@ -119,15 +122,98 @@ def test_enhanced_multiframe_ct_matches_the_classic_series(tmp_path):
         frames.append(item)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
     ds.PixelData = np.stack([slices[k].pixel_array for k in order]).astype(np.uint16).tobytes()
-    path = tmp_path / "enhanced.dcm"
     ds.save_as(path, enforce_file_format=True)
+    return str(ds.SOPInstanceUID)
+
+
+def test_enhanced_multiframe_ct_matches_the_classic_series(tmp_path):
+    slices = read_sorted()
+    order = list(range(len(slices)))[::-1]  # frames stored in reverse: sorting must still win
+    path = tmp_path / "enhanced.dcm"
+    sop_instance_uid = write_enhanced(path, slices, order)
 
     enhanced = load_ct_series([path])
     classic = load_ct_series(ct_paths())
     np.testing.assert_array_equal(enhanced.voxels, classic.voxels)
     np.testing.assert_allclose(enhanced.affine_lps, classic.affine_lps)
     assert [r.frame_number for r in enhanced.source_images] == list(range(20, 0, -1))
-    assert {r.sop_instance_uid for r in enhanced.source_images} == {ds.SOPInstanceUID}
+    assert {r.sop_instance_uid for r in enhanced.source_images} == {sop_instance_uid}
+
+
+def test_frames_spread_over_two_multiframe_images_make_one_volume(tmp_path):
+    # Even slices in one instance, odd ones in the other: neither is a volume alone, together they are.
+    slices = read_sorted()
+    evens, odds = list(range(0, 20, 2)), list(range(19, 0, -2))
+    first = write_enhanced(tmp_path / "a.dcm", slices, evens)
+    second = write_enhanced(tmp_path / "b.dcm", slices, odds)
+
+    volume = load_ct_series([tmp_path / "b.dcm", tmp_path / "a.dcm"])
+    classic = load_ct_series(ct_paths())
+    np.testing.assert_array_equal(volume.voxels, classic.voxels)
+    np.testing.assert_allclose(volume.affine_lps, classic.affine_lps)
+    for k, reference in enumerate(volume.source_images):
+        sop, order = (first, evens) if k % 2 == 0 else (second, odds)
+        assert (reference.sop_instance_uid, reference.frame_number) == (sop, order.index(k) + 1)
+
+
+def test_legacy_converted_jpeg2000_ct_matches_the_classic_series(tmp_path):
+    slices = read_sorted()
+    converted = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices[::-1],
+        series_instance_uid=str(slices[0].SeriesInstanceUID),
+        series_number=int(slices[0].SeriesNumber),
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
+    path = tmp_path / "legacy.dcm"
+    converted.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == JPEG2000Lossless
+
+    volume = load_ct_series([path])
+    classic = load_ct_series(ct_paths())
+    np.testing.assert_array_equal(volume.voxels, classic.voxels)
+    np.testing.assert_allclose(volume.affine_lps, classic.affine_lps)
+    frames = converted.PerFrameFunctionalGroupsSequence
+    for ds, reference in zip(slices, volume.source_images, strict=True):
+        source = frames[reference.frame_number - 1].ConversionSourceAttributesSequence[0]
+        assert source.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_undecodable_jpeg2000_slice_is_named(tmp_path):
+    paths = []
+    for path in ct_paths():
+        ds = pydicom.dcmread(path)
+        if len(paths) == 7:
+            frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+            ds.PixelData = encapsulate([frame[:200]])
+        paths.append(tmp_path / path.name)
+        ds.save_as(paths[-1])
+    with pytest.raises(PipelineInputError, match=re.escape(f"{paths[7].name}: pixel data cannot be decoded")):
+        load_ct_series(paths)
+
+
+def test_missing_frame_of_reference_is_refused(uncompressed):
+    def drop(k, ds):
+        if k == 3:
+            del ds.FrameOfReferenceUID
+
+    with pytest.raises(PipelineInputError, match=re.escape("3.dcm: FrameOfReferenceUID is empty")):
+        load_ct_series(uncompressed(drop))
+
+
+def test_duplicate_slice_is_refused(uncompressed):
+    paths = uncompressed(lambda k, ds: None)
+    with pytest.raises(PipelineInputError, match="same slice position"):
+        load_ct_series([*paths, paths[4]])
+
+
+def test_mixed_orientation_is_refused(uncompressed):
+    def localizer(k, ds):
+        if k == 0:
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+
+    with pytest.raises(PipelineInputError, match="different orientations"):
+        load_ct_series(uncompressed(localizer))
 
 
 def test_radiograph_is_read_with_spacing_and_view():
