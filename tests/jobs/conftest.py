@@ -117,6 +117,7 @@ class NodeUnderTest:
     pacs: Pacs
     broker_url: str
     port: int = field(default_factory=free_port)
+    database_url: str = ""  # empty: SQLite in the data dir
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -171,6 +172,8 @@ class NodeUnderTest:
             DICOM_NODE_LOG_LEVEL="INFO",
             **extra,
         )
+        if self.database_url:
+            env.setdefault("DICOM_NODE_DATABASE_URL", self.database_url)
         return env
 
     def _start(self, args: list[str], log: str, **env: str) -> subprocess.Popen[bytes]:
@@ -210,6 +213,8 @@ class NodeUnderTest:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def database(self) -> Database:
+        if self.database_url:
+            return Database(self.database_url)
         return Database(f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}")
 
     def send(self, files: list[Path]) -> None:
