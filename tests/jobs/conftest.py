@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ import redis
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.presentation import StoragePresentationContexts
 
 from dicom_node.index.database import Database
 
@@ -109,12 +112,64 @@ class Pacs:
         return uids
 
 
+@dataclass(frozen=True)
+class Reception:
+    """One C-STORE a ``RecordingPacs`` answered."""
+
+    sop_instance_uid: str
+    calling_ae_title: str
+    at: float  # time.monotonic() when the request arrived
+
+
+@dataclass
+class RecordingPacs:
+    """A pynetdicom storage SCP that records every C-STORE (SOP Instance UID, calling AE, time).
+
+    ``delay`` makes it answer slowly: the handler sleeps that long before its success status, as a busy
+    PACS does. It keeps nothing but the record. Same ``ae_title``/``port``/``received`` as ``Pacs``.
+    """
+
+    delay: float = 0.0
+    ae_title: str = "PACS"
+    port: int = 0
+    receptions: list[Reception] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: Any = None
+
+    def start(self) -> None:
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = StoragePresentationContexts
+        ae.network_timeout = ae.dimse_timeout = 120
+        self._server = ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle_store)]
+        )
+        self.port = int(self._server.server_address[1])
+
+    def _handle_store(self, event: evt.Event) -> int:
+        reception = Reception(
+            str(event.request.AffectedSOPInstanceUID), event.assoc.requestor.ae_title, time.monotonic()
+        )
+        with self._lock:
+            self.receptions.append(reception)
+        time.sleep(self.delay)
+        return 0x0000
+
+    def received(self) -> list[str]:
+        with self._lock:
+            return [r.sop_instance_uid for r in self.receptions]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+
 @dataclass
 class NodeUnderTest:
     """A node's settings file and data dir, and the processes started on it."""
 
     root: Path
-    pacs: Pacs
+    pacs: Pacs | RecordingPacs
     broker_url: str
     port: int = field(default_factory=free_port)
     database_url: str = ""  # empty: SQLite in the data dir
@@ -304,11 +359,22 @@ def pacs(tmp_path: Path) -> Iterator[Pacs]:
 
 
 @pytest.fixture
+def recording_pacs() -> Iterator[RecordingPacs]:
+    server = RecordingPacs()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def node_factory(tmp_path: Path, pacs: Pacs) -> Iterator[Callable[..., NodeUnderTest]]:
     nodes: list[NodeUnderTest] = []
 
-    def build(broker_url: str = REDIS_URL, **jobs: Any) -> NodeUnderTest:
-        node = NodeUnderTest(tmp_path / f"node{len(nodes)}", pacs, broker_url)
+    def build(
+        broker_url: str = REDIS_URL, destination: Pacs | RecordingPacs | None = None, **jobs: Any
+    ) -> NodeUnderTest:
+        node = NodeUnderTest(tmp_path / f"node{len(nodes)}", destination or pacs, broker_url)
         node.root.mkdir()
         node.write_config(**jobs)
         nodes.append(node)
