@@ -12,7 +12,7 @@ from types import FrameType
 from dicom_node.config import Settings
 from dicom_node.edge.scp import EdgeServer
 from dicom_node.index.database import Database
-from dicom_node.jobs.embedded import WorkerSupervisor
+from dicom_node.jobs.embedded import EmbeddedWorkers
 from dicom_node.jobs.reconciler import ReconcilerThread
 from dicom_node.ops.metrics import MetricsServer
 from dicom_node.storage.ingest import Ingest
@@ -31,7 +31,8 @@ class Node:
 
     With ``run_jobs`` a completed study wakes the reconciler, which routes it and enqueues its jobs by
     task name (``dicom_node.jobs.celery_app``; no pipeline code is imported here).
-    ``embedded_worker`` also starts and supervises a worker subprocess on the same broker;
+    ``embedded_worker`` also starts and supervises worker subprocesses on the same broker (one for
+    analysis, one for delivery: ``jobs.embedded``);
     ``metrics_port`` serves Prometheus metrics.
     """
 
@@ -57,7 +58,7 @@ class Node:
         self._assembler: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
         self.reconciler: ReconcilerThread | None = None
-        self.supervisor: WorkerSupervisor | None = None
+        self.supervisor: EmbeddedWorkers | None = None
         self.metrics_port = metrics_port
         self.metrics: MetricsServer | None = None
         if run_jobs:
@@ -66,7 +67,7 @@ class Node:
             self.app = create_app(settings)
             self.reconciler = ReconcilerThread(self.database, settings, TaskQueue(self.app))
         if embedded_worker:
-            self.supervisor = WorkerSupervisor(settings, config_file)
+            self.supervisor = EmbeddedWorkers(settings, config_file)
 
     def start(self) -> RecoveryReport:
         report = recover(self.ingest, self.edge.handlers.audit)

@@ -143,7 +143,7 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 def db_upgrade(config: ConfigOption = None) -> None:
     """Create or migrate the index schema to the newest revision."""
     settings = settings_or_exit(config)
-    database = open_database(settings)
+    database = open_database(settings, upgrade=True)
     console.print(f"index at schema revision {database.current_revision()}")
 
 

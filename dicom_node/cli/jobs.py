@@ -1,5 +1,6 @@
-"""The job commands of ``dicom-node``: ``worker``, ``jobs``, ``retry``, ``reprocess``, and what ``status``
-adds about jobs, deliveries, queues, workers and pipelines (``status_extras``).
+"""The job commands of ``dicom-node``: ``worker``, ``jobs``, ``retry``, ``reprocess`` (the work is in
+``jobs.reprocess``), and what ``status`` adds about jobs, deliveries, queues, workers and pipelines
+(``status_extras``).
 
 Mounted on the main typer app by ``register(app)``. Commands that put work back only change rows and
 ring the broker once; if the broker is unreachable the reconciler rings it later, so they never fail
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 
 from dicom_node.cli.support import (
     ConfigOption,
@@ -136,52 +138,6 @@ def retry_rows(database: Database, job_ids: Sequence[int], all_failed: bool) -> 
                 execution_options={"synchronize_session": False},
             )
     return jobs, deliveries
-
-
-def reprocess_study(
-    database: Database, settings: Settings, study_uid: str, pipeline: str | None
-) -> list[int]:
-    """Queue the study's jobs again (their deliveries are sent again); create one for ``pipeline``."""
-    from dicom_node.workflow.routing import compile_routes
-
-    with database.session() as session:
-        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-        if study is None:
-            raise LookupError(f"no study {study_uid}")
-        query = select(Job).where(Job.study_id == study.id, Job.study_revision == study.revision)
-        if pipeline:
-            query = query.where(Job.pipeline == pipeline)
-        jobs = list(session.scalars(query).all())
-        if not jobs and pipeline:
-            if not study.series:
-                raise LookupError(f"study {study_uid} has no series")
-            route = next((r for r in compile_routes(settings.routes) if r.pipeline == pipeline), None)
-            candidates = list(study.series)
-            chosen = route.choose(candidates) if route else max(candidates, key=lambda s: s.num_instances)
-            job = Job(
-                study_id=study.id,
-                series_id=chosen.id,
-                study_revision=study.revision,
-                pipeline=pipeline,
-                state=JobState.QUEUED,
-                attempts=0,
-                stable_at=study.completed_at,
-            )
-            session.add(job)
-            session.flush()
-            jobs = [job]
-        if not jobs:
-            study.routed_revision = 0  # the reconciler routes it again
-            return []
-        ids = [job.id for job in jobs]
-        session.execute(
-            delete(Delivery).where(Delivery.job_id.in_(ids)), execution_options={"synchronize_session": False}
-        )
-        session.execute(
-            update(Job).where(Job.id.in_(ids)).values(**_requeue_values()),
-            execution_options={"synchronize_session": False},
-        )
-        return ids
 
 
 def _count_by(database: Database, column: Any) -> dict[str, int]:
@@ -366,17 +322,30 @@ def register(app: typer.Typer) -> None:
     def reprocess(
         study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
         pipeline: Annotated[
-            str | None, typer.Option(help="Only this pipeline (created if not routed).")
+            str | None, typer.Option(help="Only this pipeline (also one no route chose).")
         ] = None,
         config: ConfigOption = None,
     ) -> None:
-        """Analyse a study again and send its results again."""
+        """Analyse a study again (new jobs on its received series) and send the results again.
+
+        Never touches a queued or running job: it refuses, saying which, until that job has ended.
+        """
+        from dicom_node.jobs.reprocess import ReprocessRefusedError, reprocess_study
+
         settings = settings_or_exit(config)
         database = open_database(settings)
         try:
-            ids = reprocess_study(database, settings, study_uid, pipeline)
-        except LookupError as error:
-            errors.print(f"[red]{error}[/red]")
+            ids = reprocess_study(database, settings, study_uid, pipeline, PIPELINES)
+        except (LookupError, ReprocessRefusedError) as error:
+            errors.print(f"[red]{escape(str(error))}[/red]")
             raise typer.Exit(1) from None
         _ring(settings, ids, [])
-        console.print(f"queued {len(ids)} jobs" if ids else "study will be routed again")
+        with database.sessions() as session:
+            created = session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)).all()
+            for job in created:
+                series = job.series.series_instance_uid if job.series else "?"
+                console.print(
+                    f"queued job {job.id}: {job.pipeline} on series {series} "
+                    f"(study revision {job.study_revision})",
+                    soft_wrap=True,
+                )

@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from dicom_node.config import Settings, load_settings
 from dicom_node.errors import ConfigError
-from dicom_node.index.database import Database
+from dicom_node.index.database import Database, SchemaError
 from dicom_node.ops.logging import configure_logging
 
 console = Console()
@@ -57,12 +57,24 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def open_database(settings: Settings) -> Database:
-    """The index, migrated to the newest schema; exit code 1 with the reason when it cannot be opened."""
+def open_database(settings: Settings, *, upgrade: bool = False) -> Database:
+    """The index at the code's schema; exit code 1 with the reason when it cannot be opened.
+
+    Only ``db upgrade`` passes ``upgrade`` (``serve`` and ``worker`` upgrade on their own, under the
+    same lock); every other command waits while an upgrade runs and never writes the schema itself.
+    """
     database = Database(settings.effective_database_url)
     try:
-        database.upgrade()
+        if upgrade:
+            database.upgrade()
+        else:
+            database.require_schema()
+    except SchemaError as error:
+        database.dispose()
+        errors.print(f"[red]cannot use the index:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from None
     except Exception as error:
-        errors.print(f"[red]cannot open the index database:[/red] {error}")
+        database.dispose()
+        errors.print(f"[red]cannot open the index database:[/red] {escape(str(error))}")
         raise typer.Exit(1) from None
     return database

@@ -11,25 +11,33 @@ at ``delivery_backoff_max``, ±10 % jitter), and the reconciler enqueues it when
 attempt would fall past ``delivery_horizon`` after the first one, the delivery ends ``failed``: the dead
 letter, listed by ``dicom-node jobs`` and put back by ``dicom-node retry``. Each delivery is its own
 row and message, so one unreachable destination delays nothing bound elsewhere.
+
+While it sends, the delivery's lease is renewed like a running job's (``index.leases.LeaseHeartbeat``),
+so a slow PACS or a large SEG never looks like a dead worker; before each object the lease is renewed
+once more as a compare-and-set, so a worker that was frozen past its lease and comes back stops (and
+aborts its association) instead of sending beside the worker that took over. Its outcome is recorded
+by a compare-and-set on the claim token, too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from sqlalchemy import update
+from sqlalchemy import func, update
 
 from dicom_node.config import DEFAULT_TIMEOUTS, Destination, DimseTimeouts, JobSettings, Settings
 from dicom_node.delivery.scu import FileToSend, SendReport, associate, is_success, make_ae
+from dicom_node.index.leases import LeaseHeartbeat, LeaseLostError
 from dicom_node.index.models import Delivery, DeliveryState, Job, utcnow
 from dicom_node.ops.metrics import DELIVERIES_FINISHED, DELIVERY_ATTEMPTS, DELIVERY_FAILURES, observe_stage
 
@@ -71,8 +79,13 @@ def send_results(
     files: Sequence[FileToSend],
     calling_ae_title: str,
     timeouts: DimseTimeouts = DEFAULT_TIMEOUTS,
+    before_each: Callable[[], None] | None = None,
 ) -> SendReport:
-    """C-STORE ``files`` on one association; raises ``ConnectionError`` if none is established."""
+    """C-STORE ``files`` on one association; raises ``ConnectionError`` if none is established.
+
+    ``before_each`` runs before every C-STORE; if it raises, the association is aborted (nothing more is
+    sent on it) and the exception propagates.
+    """
     report = SendReport()
     ae = make_ae(calling_ae_title, timeouts)
     by_class: dict[str, list[str]] = {}
@@ -86,6 +99,12 @@ def send_results(
         for item in files:
             if not assoc.is_established:
                 raise ConnectionError(f"{destination.address} ended the association")
+            if before_each is not None:
+                try:
+                    before_each()
+                except BaseException:
+                    assoc.abort()
+                    raise
             syntax = accepted.get(item.sop_class_uid)
             if syntax is None:
                 report.statuses[item.sop_instance_uid] = -1
@@ -115,12 +134,10 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
 
 
 def claim_delivery(context: DeliveryContext, delivery_id: int) -> str | None:
+    """Take the delivery if it is pending (or sending under a lapsed lease); return the claim token."""
     token = uuid.uuid4().hex
     now = utcnow()
     with context.database.session() as session:
-        delivery = session.get(Delivery, delivery_id)
-        if delivery is None:
-            return None
         result = session.execute(
             update(Delivery)
             .where(
@@ -132,8 +149,8 @@ def claim_delivery(context: DeliveryContext, delivery_id: int) -> str | None:
                 state=DeliveryState.SENDING,
                 attempts=Delivery.attempts + 1,
                 claim_token=token,
-                worker_host=f"{socket.gethostname()}",
-                first_attempt_at=delivery.first_attempt_at or now,
+                worker_host=f"{socket.gethostname()}:{os.getpid()}",
+                first_attempt_at=func.coalesce(Delivery.first_attempt_at, now),
                 lease_expires_at=now + timedelta(seconds=context.jobs.running_lease),
             ),
             execution_options={"synchronize_session": False},
@@ -170,10 +187,14 @@ def deliver(context: DeliveryContext, delivery_id: int) -> DeliveryOutcome:
     fields = {"delivery_id": delivery_id, "job_id": job.id, "destination": destination.name}
     DELIVERY_ATTEMPTS.labels(destination=destination.name).inc()
     error: str | None = None
+    lease = LeaseHeartbeat(context.database, Delivery, delivery_id, token, context.jobs.running_lease)
     try:
         if configured is None:
             raise ConnectionError(f"destination {destination.name!r} is no longer configured; nothing sent")
-        report = send_results(destination, files, context.settings.ae_title, context.settings.timeouts)
+        with lease:
+            report = send_results(
+                destination, files, context.settings.ae_title, context.settings.timeouts, lease.check
+            )
         failed = {uid: s for uid, s in report.statuses.items() if not is_success(s)}
         if failed:
             uid, status = next(iter(failed.items()))
@@ -181,54 +202,79 @@ def deliver(context: DeliveryContext, delivery_id: int) -> DeliveryOutcome:
                 f"{len(failed)} of {len(files)} objects refused, e.g. {uid}: status 0x{status & 0xFFFF:04X} "
                 + report.comments.get(uid, "")
             ).strip()
+    except LeaseLostError as lost:
+        LOG.warning(
+            "delivery %d: stopped sending to %s: %s", delivery_id, destination.address, lost, extra=fields
+        )
+        return DeliveryOutcome.NOT_CLAIMED
     except (ConnectionError, OSError, RuntimeError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"
+    outcome = _record_outcome(context, delivery_id, token, destination, len(files), error, fields)
+    if outcome is not DeliveryOutcome.NOT_CLAIMED:
+        if error is not None:
+            DELIVERY_FAILURES.labels(destination=destination.name).inc()
+        if outcome is not DeliveryOutcome.RETRYING:
+            DELIVERIES_FINISHED.labels(destination=destination.name, outcome=outcome.value).inc()
+        if outcome is DeliveryOutcome.DELIVERED:
+            observe_stage("delivery", job_finished_at, utcnow())
+    return outcome
+
+
+def _record_outcome(
+    context: DeliveryContext,
+    delivery_id: int,
+    token: str,
+    destination: Destination,
+    count: int,
+    error: str | None,
+    fields: dict[str, Any],
+) -> DeliveryOutcome:
+    """Delivered, pending again after a backoff, or failed for good: a compare-and-set on ``token``."""
     now = utcnow()
+    values: dict[str, Any] = {"claim_token": None, "lease_expires_at": None}
     with context.database.session() as session:
         delivery = session.get(Delivery, delivery_id)
         if delivery is None or delivery.claim_token != token:
             return DeliveryOutcome.NOT_CLAIMED
-        delivery.claim_token = None
-        delivery.lease_expires_at = None
         if error is None:
-            delivery.state = DeliveryState.DELIVERED
-            delivery.delivered_at = now
-            delivery.error = None
-            DELIVERIES_FINISHED.labels(
-                destination=destination.name, outcome=DeliveryOutcome.DELIVERED.value
-            ).inc()
-            observe_stage("delivery", job_finished_at, now)
-            LOG.info(
-                "delivery %d: %d objects to %s", delivery_id, len(files), destination.address, extra=fields
-            )
-            return DeliveryOutcome.DELIVERED
-        DELIVERY_FAILURES.labels(destination=destination.name).inc()
-        delivery.failures += 1
-        delivery.error = error
-        delay = backoff_delay(
-            delivery.failures, context.jobs.delivery_backoff, context.jobs.delivery_backoff_max
+            outcome = DeliveryOutcome.DELIVERED
+            values.update(state=DeliveryState.DELIVERED, delivered_at=now, error=None)
+        else:
+            failures = delivery.failures + 1
+            delay = backoff_delay(failures, context.jobs.delivery_backoff, context.jobs.delivery_backoff_max)
+            first = delivery.first_attempt_at or now
+            values.update(failures=failures, error=error)
+            if (now + timedelta(seconds=delay) - first).total_seconds() > context.jobs.delivery_horizon:
+                outcome = DeliveryOutcome.FAILED
+                values.update(state=DeliveryState.FAILED)
+            else:
+                outcome = DeliveryOutcome.RETRYING
+                values.update(state=DeliveryState.PENDING, next_attempt_at=now + timedelta(seconds=delay))
+        # The row was read above only for its counters; what decides is the token in this WHERE.
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id, Delivery.claim_token == token)
+            .values(**values),
+            execution_options={"synchronize_session": False},
         )
-        first = delivery.first_attempt_at or now
-        if (now + timedelta(seconds=delay) - first).total_seconds() > context.jobs.delivery_horizon:
-            delivery.state = DeliveryState.FAILED
-            DELIVERIES_FINISHED.labels(
-                destination=destination.name, outcome=DeliveryOutcome.FAILED.value
-            ).inc()
-            LOG.error(
-                "delivery %d to %s failed for good: %s", delivery_id, destination.address, error, extra=fields
-            )
-            return DeliveryOutcome.FAILED
-        delivery.state = DeliveryState.PENDING
-        delivery.next_attempt_at = now + timedelta(seconds=delay)
+        if not getattr(result, "rowcount", 0):
+            return DeliveryOutcome.NOT_CLAIMED
+    if outcome is DeliveryOutcome.DELIVERED:
+        LOG.info("delivery %d: %d objects to %s", delivery_id, count, destination.address, extra=fields)
+    elif outcome is DeliveryOutcome.FAILED:
+        LOG.error(
+            "delivery %d to %s failed for good: %s", delivery_id, destination.address, error, extra=fields
+        )
+    else:
         LOG.warning(
             "delivery %d to %s failed (%s); next attempt in %.1f s",
             delivery_id,
             destination.address,
             error,
-            delay,
+            (values["next_attempt_at"] - now).total_seconds(),
             extra=fields,
         )
-        return DeliveryOutcome.RETRYING
+    return outcome
 
 
 def _stored_syntax(context: DeliveryContext, relative: str) -> str:

@@ -1,21 +1,61 @@
-"""Engine, sessions and schema upgrades for the index (SQLite by default, PostgreSQL in production)."""
+"""Engine, sessions and schema upgrades for the index (SQLite by default, PostgreSQL in production).
+
+Schema upgrades happen once, under a lock, whoever starts first: ``serve``, ``worker`` and ``db upgrade``
+call ``Database.upgrade``, which takes the schema lock exclusively (``pg_advisory_xact_lock`` on
+PostgreSQL, ``fcntl.flock`` on a file beside the SQLite file) and runs Alembic only if the schema is not
+at the code's head yet. Processes started at the same instant on a new index wait for the first one's
+upgrade and then find nothing to do. Read-only commands call ``Database.require_schema`` instead: it
+waits (shared lock) while an upgrade runs, never writes the schema, and raises ``SchemaError`` saying
+what to run when the schema is missing or older than the code.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.errors import DicomNodeError
+
+LOG = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The key of the PostgreSQL advisory lock that serialises schema upgrades (any constant shared by all
+# versions of the node; "dcmn" in ASCII).
+SCHEMA_LOCK_KEY = 0x64636D6E
+SCHEMA_LOCK_SUFFIX = ".schema-lock"
+UPGRADE_WAIT = 600.0
+READ_WAIT = 60.0
+
+
+class SchemaError(DicomNodeError):
+    """The index has no schema, or one older or newer than this code, and this command may not upgrade it."""
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    """The newest schema revision this code knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -76,19 +116,115 @@ class Database:
                 session.rollback()
                 raise
 
-    def upgrade(self, revision: str = "head") -> None:
-        """Bring the schema to ``revision`` with Alembic (idempotent)."""
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file, or ``None`` for PostgreSQL and in-memory SQLite."""
+        database = self.engine.url.database
+        if not self.is_sqlite or not database or database == ":memory:":
+            return None
+        return Path(database)
+
+    def upgrade(self, revision: str = "head", *, wait: float = UPGRADE_WAIT) -> None:
+        """Bring the schema to ``revision`` with Alembic, once: under the exclusive schema lock."""
+        with self._schema_lock(exclusive=True, wait=wait) as connection:
+            config = alembic_config()
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
 
-    def current_revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
+    def require_schema(self, *, wait: float = READ_WAIT) -> str:
+        """The schema revision, which is the code's head; waits while another process upgrades it.
 
+        Never writes the schema. Raises ``SchemaError`` with what to run when the index has no schema,
+        an older one (nobody upgraded it) or a newer one (this code is older than the index).
+        """
+        path = self.sqlite_path
+        if path is not None and not path.exists():
+            raise SchemaError(f"the index {path} has no schema yet: {_HOW_TO_UPGRADE}")
+        with self._schema_lock(exclusive=False, wait=wait) as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+        head = head_revision()
+        if current == head:
+            return head
+        where = self.engine.url.render_as_string(hide_password=True)
+        if current is None:
+            raise SchemaError(f"the index {where} has no schema yet: {_HOW_TO_UPGRADE}")
+        known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+        if current not in known:
+            raise SchemaError(
+                f"the index {where} is at schema revision {current}, newer than this version of dicom-node "
+                f"knows (newest {head}): run a dicom-node at least as new as the one that upgraded it"
+            )
+        raise SchemaError(
+            f"the index {where} is at schema revision {current}, older than this version of dicom-node "
+            f"needs ({head}): {_HOW_TO_UPGRADE}"
+        )
+
+    def current_revision(self) -> str | None:
         with self.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
+    @contextmanager
+    def _schema_lock(self, *, exclusive: bool, wait: float) -> Iterator[Connection]:
+        """A connection in a transaction, holding the schema lock (exclusive for upgrades)."""
+        if self.is_sqlite:
+            with _file_lock(self.sqlite_path, exclusive=exclusive, wait=wait), self.engine.begin() as conn:
+                yield conn
+            return
+        function = "pg_try_advisory_xact_lock" if exclusive else "pg_try_advisory_xact_lock_shared"
+        statement = text(f"SELECT {function}(:key)")
+        with self.engine.begin() as conn:
+            _wait_for(
+                lambda: bool(conn.execute(statement, {"key": SCHEMA_LOCK_KEY}).scalar()),
+                wait,
+                "the index schema lock (another process is upgrading the schema)",
+            )
+            yield conn  # the transaction's end releases the advisory lock
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_HOW_TO_UPGRADE = "run `dicom-node db upgrade` (or start `dicom-node serve`, which upgrades it) and try again"
+
+
+def _wait_for(acquire: Callable[[], bool], wait: float, what: str) -> None:
+    """Call ``acquire`` until it returns ``True``; log once if that takes a while, fail after ``wait``."""
+    deadline = time.monotonic() + wait
+    logged = False
+    while not acquire():
+        if time.monotonic() > deadline:
+            raise SchemaError(f"gave up after {wait:.0f} s waiting for {what}")
+        if not logged:
+            LOG.info("waiting for %s", what)
+            logged = True
+        time.sleep(0.1)
+
+
+@contextmanager
+def _file_lock(database: Path | None, *, exclusive: bool, wait: float) -> Iterator[None]:
+    """``flock`` on ``<database>.schema-lock``; readers that cannot open it (a read-only folder) go on."""
+    if database is None:
+        yield
+        return
+    lock_path = database.with_name(database.name + SCHEMA_LOCK_SUFFIX)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    try:
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+
+        def acquire() -> bool:
+            try:
+                fcntl.flock(fd, mode)
+            except BlockingIOError:
+                return False
+            return True
+
+        _wait_for(acquire, wait, "the index schema lock (another process is upgrading the schema)")
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -8,8 +8,14 @@ destination, in one transaction that only the current claim holder can commit.
 Outcomes: ``succeeded``; ``skipped`` when the pipeline's model is not installed (never analysed with
 random weights); ``failed`` with the reason for a refused input or any other permanent error (re-raised
 so the worker logs it). A transient error (the database went away) puts the job back to ``queued`` and
-lets Celery retry with backoff. A lease heartbeat runs while the pipeline does, so a worker that dies
-is noticed by the reconciler within ``running_lease`` seconds.
+lets Celery retry with backoff. A lease heartbeat (``index.leases``) runs while the pipeline does, so a
+worker that dies is noticed by the reconciler within ``running_lease`` seconds.
+
+Fencing: a worker presumed dead (frozen past its lease) that comes back must not publish. Its result
+objects are written under temporary names and each is renamed into the store and indexed only in a
+transaction that starts with a compare-and-set on the claim token; completion is one more such
+transaction (token in the UPDATE's WHERE, then the Result and Delivery rows). A fenced worker's objects
+are discarded unpublished and it creates no delivery.
 
 Pipelines are looked up in a ``PipelineRegistry``: the real ``pipelines.registry.get_pipeline`` by
 default, plus whatever the modules named in ``[jobs] plugins`` register (tests add a fixed-cost
@@ -20,10 +26,9 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -31,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import OperationalError
 
 from dicom_node.errors import DicomNodeError, TransientJobError
+from dicom_node.index.leases import LeaseHeartbeat, LeaseLostError
 from dicom_node.index.models import (
     Delivery,
     DeliveryState,
@@ -72,44 +78,6 @@ def destinations_for(
         caller = [d for d in chosen if d.ae_title == calling_ae_title.strip()]
         chosen = caller + [d for d in chosen if d not in caller]
     return chosen
-
-
-class _LeaseHeartbeat:
-    """Extends a running job's lease every third of its length while the pipeline works."""
-
-    def __init__(self, context: WorkerContext, job_id: int, token: str) -> None:
-        self.context = context
-        self.job_id = job_id
-        self.token = token
-        self.lease = context.jobs.running_lease
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id}", daemon=True)
-
-    def __enter__(self) -> _LeaseHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.lease / 3):
-            try:
-                with self.context.database.session() as session:
-                    session.execute(
-                        update(Job)
-                        .where(Job.id == self.job_id, Job.claim_token == self.token)
-                        .values(lease_expires_at=utcnow() + timedelta(seconds=self.lease)),
-                        execution_options={"synchronize_session": False},
-                    )
-            except Exception:
-                LOG.warning(
-                    "job %d: could not renew the lease",
-                    self.job_id,
-                    exc_info=True,
-                    extra={"job_id": self.job_id},
-                )
 
 
 def claim_job(context: WorkerContext, job_id: int) -> str | None:
@@ -167,15 +135,28 @@ def encode(ds: Dataset) -> bytes:
 
 
 def store_results(
-    context: WorkerContext, job: Job, profile: str, datasets: Sequence[Dataset]
+    context: WorkerContext,
+    job: Job,
+    profile: str,
+    datasets: Sequence[Dataset],
+    guard: Callable[[Connection], bool] | None = None,
 ) -> list[Result]:
-    """Store and index each result dataset (idempotently: same UIDs on a re-run) and list them."""
+    """Store and index each result dataset (idempotently: same UIDs on a re-run) and list them.
+
+    Each is written under a temporary name and published (renamed into the store and indexed) in a
+    transaction that ``guard`` opens with a compare-and-set on the job's claim token; a fenced worker's
+    objects are discarded (``LeaseLostError``), never indexed.
+    """
     results: list[Result] = []
     for ds in datasets:
         data = encode(ds)
         received = describe_instance(ds, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID))
         context.ingest.store_encoded(
-            received, data, calling_ae_title=context.settings.ae_title, source=InstanceSource.RESULT
+            received,
+            data,
+            calling_ae_title=context.settings.ae_title,
+            source=InstanceSource.RESULT,
+            guard=guard,
         )
         results.append(
             Result(
@@ -195,11 +176,31 @@ def store_results(
 def _complete(
     context: WorkerContext, job_id: int, token: str, model_version: str | None, results: Sequence[Result]
 ) -> list[int] | None:
-    """Record results and deliveries and mark the job succeeded, only if ``token`` still holds it."""
+    """Record results and deliveries and mark the job succeeded, only if ``token`` still holds it.
+
+    The first statement is the compare-and-set (claim token in the UPDATE's WHERE), so the rest of the
+    transaction runs only for the holder, and no other worker can claim the job until it commits.
+    """
+    now = utcnow()
+    values: dict[str, Any] = {
+        "state": JobState.SUCCEEDED,
+        "finished_at": now,
+        "lease_expires_at": None,
+        "error": None,
+    }
+    if model_version:
+        values["model_version"] = model_version
     with context.database.session() as session:
-        job = session.get(Job, job_id)
-        if job is None or job.claim_token != token:
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.claim_token == token, Job.state == JobState.RUNNING)
+            .values(**values),
+            execution_options={"synchronize_session": False},
+        )
+        if not getattr(claimed, "rowcount", 0):
             return None
+        job = session.get(Job, job_id)
+        assert job is not None
         known = {(r.profile, r.sop_instance_uid) for r in job.results}
         for result in results:
             if (result.profile, result.sop_instance_uid) not in known:
@@ -225,11 +226,6 @@ def _complete(
             )
             session.add(delivery)
             created.append(delivery)
-        job.state = JobState.SUCCEEDED
-        job.model_version = model_version or job.model_version
-        job.finished_at = utcnow()
-        job.lease_expires_at = None
-        job.error = None
         session.flush()
         return [d.id for d in created]
 
@@ -262,8 +258,11 @@ def run_job(context: WorkerContext, job_id: int) -> JobOutcome:
         return JobOutcome.FAILED
     LOG.info("job %d: %s on study %s (attempt %d)", job_id, pipeline_name, study_uid, attempts, extra=fields)
     try:
-        with _LeaseHeartbeat(context, job_id, token):
-            delivery_ids = _analyse(context, job, token)
+        with LeaseHeartbeat(context.database, Job, job_id, token, context.jobs.running_lease) as lease:
+            delivery_ids = _analyse(context, job, token, lease)
+    except LeaseLostError as error:
+        LOG.warning("job %d: results discarded, not published: %s", job_id, error)
+        return JobOutcome.NOT_CLAIMED
     except PipelineUnavailableError as error:
         _finish(context, job_id, token, JobState.SKIPPED, str(error))
         JOBS_FINISHED.labels(pipeline=pipeline_name, outcome=JobOutcome.SKIPPED.value).inc()
@@ -289,7 +288,7 @@ def run_job(context: WorkerContext, job_id: int) -> JobOutcome:
     return JobOutcome.SUCCEEDED
 
 
-def _analyse(context: WorkerContext, job: Job, token: str) -> list[int] | None:
+def _analyse(context: WorkerContext, job: Job, token: str, lease: LeaseHeartbeat) -> list[int] | None:
     paths = _source_paths(context, job)
     if not paths:
         raise MissingInputError(f"series of job {job.id} has no stored instances")
@@ -307,7 +306,7 @@ def _analyse(context: WorkerContext, job: Job, token: str) -> list[int] | None:
     profiles = sorted({d.profile for d in context.settings.destinations}) or ["standard"]
     results: list[Result] = []
     for profile in profiles:
-        results += store_results(context, job, profile, writer(findings, sources, profile))
+        results += store_results(context, job, profile, writer(findings, sources, profile), lease.guard)
     return _complete(context, job.id, token, _model_version(pipeline, findings), results)
 
 

@@ -8,7 +8,11 @@ worker in the index, which is how ``status`` lists live workers whatever the bro
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -100,9 +104,37 @@ def run_worker(
         database.dispose()
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    SIGKILL rather than SIGTERM: a warm shutdown would finish the running analysis for a node that is
+    gone; the job's lease lapses and it runs again once the node is back. If the parent died before the
+    request took effect, this process is already orphaned: exit at once.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
+    if os.getppid() != parent_pid:
+        LOG.error("the node (pid %d) that started this worker is gone; exiting", parent_pid)
+        sys.exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dicom_node.jobs.worker [QUEUES [CONCURRENCY]]``: settings from the environment only."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """``python -m dicom_node.jobs.worker [QUEUES [CONCURRENCY]] [--exit-with-parent PID]``.
+
+    Settings come from the environment only (``serve`` passes its own through ``DICOM_NODE_*``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m dicom_node.jobs.worker")
+    parser.add_argument("queues", nargs="?", default="gpu,io")
+    parser.add_argument("concurrency", nargs="?", type=int, default=1)
+    parser.add_argument("--exit-with-parent", type=int, metavar="PID", help="exit when process PID dies")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.exit_with_parent is not None:
+        exit_with_parent(args.exit_with_parent)
     try:
         settings = load_settings()
     except ConfigError as error:
@@ -110,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format)
-    run_worker(settings, args[0] if args else "gpu,io", int(args[1]) if len(args) > 1 else 1)
+    run_worker(settings, args.queues, args.concurrency)
 
 
 if __name__ == "__main__":

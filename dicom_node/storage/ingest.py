@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dicom_node.errors import InvalidIdentifierError, UnreadableDatasetError
 from dicom_node.index.database import Database
+from dicom_node.index.leases import LeaseLostError
 from dicom_node.index.models import (
     Instance,
     Series,
@@ -261,8 +262,14 @@ class Ingest:
         calling_ae_title: str | None = None,
         association_id: int | None = None,
         source: InstanceSource = InstanceSource.RECEIVED,
+        guard: Callable[[Connection], bool] | None = None,
     ) -> StoreResult:
-        """Write ``encoded`` (a complete DICOM file, or its parts in order) and index it."""
+        """Write ``encoded`` (a complete DICOM file, or its parts in order) and index it.
+
+        ``guard`` (the node's own results: ``LeaseHeartbeat.guard``) runs first in the transaction that
+        renames the file into place and indexes it; when it returns ``False`` nothing is published and
+        ``LeaseLostError`` is raised (the temporary file is discarded).
+        """
         relative = self.store.relative_path(
             received.study_instance_uid, received.series_instance_uid, received.sop_instance_uid
         )
@@ -274,7 +281,7 @@ class Ingest:
                     try:
                         return _counted(
                             self._commit(
-                                received, relative, tmp_path, written, calling_ae_title, association_id
+                                received, relative, tmp_path, written, calling_ae_title, association_id, guard
                             ),
                             source,
                         )
@@ -294,11 +301,15 @@ class Ingest:
         written: StoredFile,
         calling_ae_title: str | None,
         association_id: int | None,
+        guard: Callable[[Connection], bool] | None = None,
     ) -> StoreResult:
         # SQLAlchemy Core rather than the ORM here: this runs once per received instance, under the
         # write lock, and five plain statements cost a fraction of the ORM's unit of work.
         now = utcnow()
         with self.database.engine.connect() as conn:
+            if guard is not None and not guard(conn):
+                conn.rollback()
+                raise LeaseLostError(f"not publishing {received.sop_instance_uid}: the claim was lost")
             existing = conn.execute(_SELECT_INSTANCE, {"uid": received.sop_instance_uid}).first()
             on_disk = existing is not None and self.store.path(existing.path).exists()
             if on_disk and existing is not None and existing.sha256 == written.sha256:

@@ -305,8 +305,10 @@ class RoutingDecision:
     reason: str | None
 
 
-def route_study(study: Study, routes: Sequence[Route]) -> RoutingDecision:
-    """Apply ``routes`` to the series of ``study``: at most one job per pipeline."""
+def route_study(
+    study: Study, routes: Sequence[Route], series_list: Sequence[Series] | None = None
+) -> RoutingDecision:
+    """Apply ``routes`` to the series of ``study`` (or to ``series_list``): at most one job per pipeline."""
     matches: dict[str, RouteMatch] = {}
     reasons: list[str] = []
     for route in routes:
@@ -314,7 +316,7 @@ def route_study(study: Study, routes: Sequence[Route]) -> RoutingDecision:
             continue
         candidates: list[Series] = []
         refusals: list[str] = []
-        for series in study.series:
+        for series in study.series if series_list is None else series_list:
             why = route.why_not(study, series)
             if why is None:
                 candidates.append(series)

@@ -59,7 +59,7 @@ def _send_study(node, tmp_path: Path) -> str:
 
 def test_results_reach_a_tls_pacs_with_a_client_certificate(tmp_path, pacs, node_factory, pki):
     tls_pacs(pacs, pki)
-    node = node_factory(broker_url="", destination=client_tls(pki))
+    node = node_factory(broker_url="", destination_options=client_tls(pki))
     expected = _send_study(node, tmp_path)
     wait_for(lambda: expected in pacs.received(), 90, f"the SR at the TLS PACS\n{node.log('serve.log')}")
     wait_for(lambda: _delivery(node).get("state") == "delivered", 20, "the delivery row")
@@ -68,7 +68,7 @@ def test_results_reach_a_tls_pacs_with_a_client_certificate(tmp_path, pacs, node
 
 def test_a_wrong_ca_fails_the_delivery_visibly_and_sends_nothing(tmp_path, pacs, node_factory, pki, other_ca):
     tls_pacs(pacs, pki)
-    node = node_factory(broker_url="", destination=client_tls(pki, ca=other_ca))
+    node = node_factory(broker_url="", destination_options=client_tls(pki, ca=other_ca))
     _send_study(node, tmp_path)
     wait_for(lambda: "certificate verify failed" in str(_delivery(node).get("error")), 90,
              f"the delivery's error\n{node.log('serve.log')}")  # fmt: skip
@@ -78,7 +78,7 @@ def test_a_wrong_ca_fails_the_delivery_visibly_and_sends_nothing(tmp_path, pacs,
 
 def test_a_tls_destination_never_falls_back_to_clear_text(tmp_path, pacs, node_factory, pki):
     pacs.start()  # a plain-TCP peer that would accept anything sent in clear text
-    node = node_factory(broker_url="", destination=client_tls(pki))
+    node = node_factory(broker_url="", destination_options=client_tls(pki))
     _send_study(node, tmp_path)
     wait_for(lambda: "over TLS" in str(_delivery(node).get("error")), 90,
              f"the delivery's error\n{node.log('serve.log')}")  # fmt: skip

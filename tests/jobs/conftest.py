@@ -25,9 +25,15 @@ import pytest
 import redis
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 from dicom_node.index.database import Database
+from tests.jobs.recording_pacs import RecordingPacs
 
 REPO = Path(__file__).resolve().parents[2]
 REDIS_DB = int(os.environ.get("DICOM_NODE_TEST_REDIS_DB", "7"))  # a helper running beside CI picks another
@@ -115,9 +121,10 @@ class NodeUnderTest:
     """A node's settings file and data dir, and the processes started on it."""
 
     root: Path
-    pacs: Pacs
+    pacs: Pacs | RecordingPacs
     broker_url: str
     port: int = field(default_factory=free_port)
+    database_url: str = ""  # empty: SQLite in the data dir
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -162,6 +169,12 @@ class NodeUnderTest:
             'modality = "CT"',
             'orientation = "axial"',
             'num_instances = ">= 2"',
+            'image_type_not = ["LOCALIZER"]',
+            "[[routes]]",  # radiographs: the same test pipeline (its cost can differ by modality)
+            'pipeline = "fixed-cost"',
+            'select = "first"',
+            "[routes.match]",
+            'modality = "DX"',
         ]
         self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -174,6 +187,8 @@ class NodeUnderTest:
             DICOM_NODE_LOG_LEVEL="INFO",
             **extra,
         )
+        if self.database_url:
+            env.setdefault("DICOM_NODE_DATABASE_URL", self.database_url)
         return env
 
     def _start(self, args: list[str], log: str, **env: str) -> subprocess.Popen[bytes]:
@@ -190,8 +205,8 @@ class NodeUnderTest:
         self.processes.append(process)
         return process
 
-    def serve(self, *, worker: bool = False) -> subprocess.Popen[bytes]:
-        process = self._start(["serve"] + ([] if worker else ["--no-worker"]), "serve.log")
+    def serve(self, *args: str, worker: bool = False, **env: str) -> subprocess.Popen[bytes]:
+        process = self._start(["serve", *args] + ([] if worker else ["--no-worker"]), "serve.log", **env)
         wait_for(lambda: port_open(self.port) or process.poll() is not None, 60, "the node to listen")
         assert process.poll() is None, self.log("serve.log")
         return process
@@ -213,12 +228,23 @@ class NodeUnderTest:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def database(self) -> Database:
+        if self.database_url:
+            return Database(self.database_url)
         return Database(f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}")
 
-    def send(self, files: list[Path]) -> None:
+    def send(self, files: list[Path], called_ae_title: str = "NODE") -> None:
         """C-STORE ``files`` to the node with DCMTK storescu (TCP_NODELAY=1, as DESIGN.md asks)."""
         result = subprocess.run(
-            ["storescu", "-aet", "MODALITY", "-aec", "NODE", "127.0.0.1", str(self.port), *map(str, files)],
+            [
+                "storescu",
+                "-aet",
+                "MODALITY",
+                "-aec",
+                called_ae_title,
+                "127.0.0.1",
+                str(self.port),
+                *map(str, files),
+            ],
             env={**os.environ, "TCP_NODELAY": "1"},
             capture_output=True,
             text=True,
@@ -273,6 +299,32 @@ def make_ct_study(folder: Path, slices: int = 3, thickness: float = 1.0) -> tupl
     return str(study_uid), paths
 
 
+def make_dx_study(folder: Path) -> tuple[str, list[Path]]:
+    """One small chest radiograph (DX, 32×32 pixels) written as a file; returns the study UID and path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    sop_uid = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPClassUID, ds.SOPInstanceUID = DigitalXRayImageStorageForPresentation, sop_uid
+    ds.PatientID, ds.PatientName = "JOBS-TEST", "Test^Jobs"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20250101", "130000", "A2"
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Rows = ds.Columns = 32
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.full((32, 32), 100, dtype=np.uint16).tobytes()
+    path = folder / "dx.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return str(ds.StudyInstanceUID), [path]
+
+
 def flushed_redis(url: str) -> Iterator[redis.Redis]:
     """A client on the test database ``url``, emptied before and after; fails loudly without Redis."""
     client = redis.Redis.from_url(url)
@@ -302,15 +354,27 @@ def pacs(tmp_path: Path) -> Iterator[Pacs]:
 
 
 @pytest.fixture
+def recording_pacs() -> Iterator[RecordingPacs]:
+    server = RecordingPacs()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def node_factory(tmp_path: Path, pacs: Pacs) -> Iterator[Callable[..., NodeUnderTest]]:
     nodes: list[NodeUnderTest] = []
 
     def build(
-        broker_url: str = REDIS_URL, destination: dict[str, Any] | None = None, **jobs: Any
+        broker_url: str = REDIS_URL,
+        destination: Pacs | RecordingPacs | None = None,
+        destination_options: dict[str, Any] | None = None,
+        **jobs: Any,
     ) -> NodeUnderTest:
-        node = NodeUnderTest(tmp_path / f"node{len(nodes)}", pacs, broker_url)
+        node = NodeUnderTest(tmp_path / f"node{len(nodes)}", destination or pacs, broker_url)
         node.root.mkdir()
-        node.write_config(destination, **jobs)
+        node.write_config(destination_options, **jobs)
         nodes.append(node)
         return node
 

@@ -1,9 +1,12 @@
 """A test-only, fixed-cost pipeline and a minimal result writer, loaded by workers as a ``[jobs]`` plugin.
 
-``fixed-cost`` sleeps ``DICOM_NODE_TEST_PIPELINE_SECONDS`` (default 0.2 s) and reports how many images
-it saw (``run_timed`` also gives the seconds of its ``load`` and ``inference`` stages); the writer turns
-that into one Basic Text SR whose UIDs derive from (study, pipeline, model version), as the real
-writers' do. Plumbing only: it analyses nothing.
+``fixed-cost`` sleeps ``DICOM_NODE_TEST_PIPELINE_SECONDS`` (default 0.2 s; for one modality
+``DICOM_NODE_TEST_PIPELINE_SECONDS_<MODALITY>`` wins, so CT can be slow and DX fast) and reports how
+many images it saw (``run_timed`` also gives the seconds of its ``load`` and ``inference`` stages); the
+writer turns that into one Basic Text SR whose UIDs derive from (study,
+pipeline, model version), as the real writers' do. With ``DICOM_NODE_TEST_WRITER_STAMP=1`` the SR also
+says which process wrote it and when, so two runs of one job differ in their bytes (as writers that
+stamp a content time do) and a test can tell whose object was kept. Plumbing only: it analyses nothing.
 """
 
 from __future__ import annotations
@@ -46,9 +49,9 @@ class FixedCostPipeline:
         """``load`` reads the first header, ``inference`` is the fixed sleep; seconds as timed."""
         timer = StageTimer()
         first = timer("load", lambda: dcmread(paths[0], stop_before_pixels=True))
-        timer(
-            "inference", lambda: time.sleep(float(os.environ.get("DICOM_NODE_TEST_PIPELINE_SECONDS", "0.2")))
-        )
+        seconds = os.environ.get(f"DICOM_NODE_TEST_PIPELINE_SECONDS_{first.get('Modality', '')}")
+        pause = float(seconds or os.environ.get("DICOM_NODE_TEST_PIPELINE_SECONDS", "0.2"))
+        timer("inference", lambda: time.sleep(pause))
         findings = FixedFindings(ModelInfo(NAME, VERSION), str(first.StudyInstanceUID), len(paths))
         return findings, timer.seconds
 
@@ -101,7 +104,22 @@ def write_text_report(findings: FixedFindings, sources: Sequence[Dataset], profi
     item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
     item.TextValue = f"{findings.images} images seen"
     ds.ContentSequence = [item]
+    if os.environ.get("DICOM_NODE_TEST_WRITER_STAMP") == "1":
+        stamp = Dataset()
+        stamp.RelationshipType, stamp.ValueType = "CONTAINS", "TEXT"
+        stamp.TextValue = writer_stamp()
+        ds.ContentSequence.append(stamp)
     return [ds]
+
+
+def writer_stamp() -> str:
+    return f"written by process {os.getpid()} at {time.time_ns()}"
+
+
+def stamp_of(ds: Dataset) -> str | None:
+    """The writer stamp of an SR written with ``DICOM_NODE_TEST_WRITER_STAMP=1``."""
+    texts = [str(item.TextValue) for item in ds.get("ContentSequence", []) if "TextValue" in item]
+    return next((t for t in texts if t.startswith("written by process")), None)
 
 
 def register_pipelines(registry: object) -> None:
