@@ -18,8 +18,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 
 from pipelines.ct_lung_nodules import GridDetections
+from tests.conftest import SHARED_DATA as DATA  # ../shared/data, or $DICOM_NODE_SHARED/data
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CT_DIR = DATA / "ct" / "totalseg_dicom"
 CXR = DATA / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"
 
