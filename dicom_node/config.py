@@ -189,6 +189,9 @@ class Settings:
     log_level: str = "INFO"
     retention_days: float = 0.0
     jobs: JobSettings = JobSettings()
+    #: ``[analysis] allow_untrained``: run models whose weights are an untrained scaffold (tests,
+    #: benchmarks, site training); their results are marked UNTRAINED. Off: such jobs end ``skipped``.
+    allow_untrained: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -303,6 +306,18 @@ def _parse_tls(table: Mapping[str, Any]) -> TlsConfig:
     )
 
 
+def _parse_analysis(table: Any) -> dict[str, Any]:
+    """The ``[analysis]`` table: ``allow_untrained``."""
+    if not isinstance(table, Mapping):
+        raise ConfigError("analysis: expected a table ([analysis])")
+    unknown = set(table) - {"allow_untrained"}
+    if unknown:
+        raise ConfigError(f"analysis: unknown keys {sorted(unknown)}; known: ['allow_untrained']")
+    return {
+        "allow_untrained": parse_bool(table.get("allow_untrained", False), name="analysis.allow_untrained")
+    }
+
+
 def parse_destination(table: Mapping[str, Any]) -> Destination:
     """One ``[[destinations]]`` entry."""
     try:
@@ -346,6 +361,8 @@ def _from_mapping(base: Settings, values: Mapping[str, Any], source: str) -> Set
             changes["destinations"] = tuple(parse_destination(d) for d in value)
         elif key == "jobs":
             changes["jobs"] = JobSettings.from_table(value)
+        elif key == "analysis":
+            changes.update(_parse_analysis(value))
         elif key == "routes":
             changes["routes"] = tuple(dict(r) for r in value)
         elif key == "timeouts":

@@ -54,3 +54,18 @@ def test_ae_titles_and_addresses():
     assert parse_address("ORTHANC@127.0.0.1:4242").port == 4242
     with pytest.raises(ConfigError):
         parse_address("ORTHANC@localhost")
+
+
+def test_untrained_weights_are_allowed_only_by_the_analysis_table(tmp_path: Path):
+    assert load_settings(environ={}).allow_untrained is False
+    config = tmp_path / "node.toml"
+    config.write_text("[analysis]\nallow_untrained = true\n")
+    assert load_settings(config, environ={}).allow_untrained is True
+    for text, named in (
+        ("[analysis]\nallow_untrained = 'maybe'\n", "analysis.allow_untrained"),
+        ("[analysis]\nallow_untrusted = true\n", "analysis: unknown keys ['allow_untrusted']"),
+        ("allow_untrained = true\n", "allow_untrained cannot be set here"),
+    ):
+        config.write_text(text)
+        with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
+            load_settings(config, environ={})
