@@ -145,7 +145,11 @@ def orientation_of(ds: Dataset) -> str | None:
 
 @dataclass(frozen=True)
 class ReceivedInstance:
-    """The identifiers and indexable attributes of one received data set."""
+    """The identifiers and indexable attributes of one received data set.
+
+    ``produced_here`` marks the node's own result objects: they are stored and indexed like any
+    instance, but change none of their study's received facts (calling AE, modalities, counts, state).
+    """
 
     study_instance_uid: str
     series_instance_uid: str
@@ -155,6 +159,7 @@ class ReceivedInstance:
     instance_number: int | None
     study: dict[str, Any]
     series: dict[str, Any]
+    produced_here: bool = False
 
 
 def describe_instance(
@@ -337,7 +342,7 @@ class Ingest:
                     "revision": 0,
                     "state": StudyState.RECEIVING,
                     "modalities": "",
-                    "calling_ae_title": calling_ae_title,
+                    "calling_ae_title": None if received.produced_here else calling_ae_title,
                 },
             ).scalar_one()
             modalities_text = ""
@@ -411,6 +416,10 @@ class Ingest:
                 "id": series_id,
             },
         )
+        if received.produced_here:
+            # The node's own results: what routing and send-back-to-caller read about the study
+            # (calling AE, modalities, counts, state, last arrival) stays what was received.
+            return outcome
         modality = received.series.get("modality")
         modalities = set(filter(None, (modalities_text or "").split("\\")))
         conn.execute(
