@@ -312,10 +312,9 @@ def _analyse(context: WorkerContext, job: Job, token: str) -> list[int] | None:
     weights = str(getattr(getattr(findings, "model", None), "weights_sha256", "") or "")
     key = basis_key(source, job.pipeline, model_version or "", weights)
     profiles = sorted({d.profile for d in context.settings.destinations}) or ["standard"]
+    basis = settle_basis(context, job.id, source, key)  # records the basis replaced_reports reads
     result_context = ResultContext(
-        pipeline=job.pipeline,
-        basis=settle_basis(context, job.id, source, key),
-        predecessors=replaced_reports(context, job, key, profiles),
+        pipeline=job.pipeline, basis=basis, predecessors=replaced_reports(context, job, key, profiles)
     )
     writer = context.registry.writer(job.pipeline)
     written: dict[str, tuple[int, str]] = {}

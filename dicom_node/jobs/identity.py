@@ -6,8 +6,9 @@
 * ``settle_basis``: the job's ``result_basis`` (series, that digest, pipeline, model version, weights
   sha256) and the date/time every object gets — the earliest first start among the jobs with that
   basis, so a re-run (the same job again, or a new job on the same input) writes the same bytes.
-* ``replaced_reports``: per destination profile, the SRs of the study's latest earlier run of the
-  pipeline on another input; the new SR names them in its Predecessor Documents Sequence.
+* ``replaced_reports``: per destination profile, the SRs of the study's latest run of the pipeline on
+  another input before this input was first analysed; the new SR names them in its Predecessor
+  Documents Sequence (call it after ``settle_basis``, which records the basis).
 """
 
 from __future__ import annotations
@@ -95,18 +96,23 @@ def settle_basis(context: WorkerContext, job_id: int, source: SourceSeries, key:
 def replaced_reports(
     context: WorkerContext, job: Job, key: str, profiles: Sequence[str]
 ) -> dict[str, list[DocumentReference]]:
-    """Per profile, the SRs of the latest earlier run of this pipeline on this study on another input."""
+    """Per profile, the SRs of the latest run of this pipeline on this study before this input's first.
+
+    Counting only runs before the first job with this basis keeps the objects of one basis the same
+    whichever job writes them (a re-run, or a new job on an input seen before).
+    """
     from dicom_node.reports.uids import DocumentReference
 
     with context.database.sessions() as session:
         study_uid = job.study.study_instance_uid if job.study is not None else ""
+        same_input = (Job.study_id == job.study_id, Job.pipeline == job.pipeline)
+        first = session.scalar(select(func.min(Job.id)).where(*same_input, Job.result_basis == key))
         rows = session.execute(
             select(Result, Job.id)
             .join(Job, Result.job_id == Job.id)
             .where(
-                Job.study_id == job.study_id,
-                Job.pipeline == job.pipeline,
-                Job.id != job.id,
+                *same_input,
+                Job.id < (job.id if first is None else min(first, job.id)),
                 or_(Job.result_basis.is_(None), Job.result_basis != key),
                 Result.profile.in_(list(profiles)),
                 Result.sop_class_uid.startswith(SR_CLASS_PREFIX),
