@@ -5,7 +5,8 @@ Preprocessing follows the library (torchxrayvision 1.5.7 ``normalize``, ``XRayCe
 resize to 224×224 the way ``skimage.transform.resize(..., mode="constant", preserve_range=True)`` does
 (Gaussian anti-aliasing σ = (factor − 1)/2, then bilinear ``zoom`` in grid mode, clipped to the input
 range) — reimplemented on SciPy, which skimage itself calls. Output: sigmoid then ``op_norm``, so each
-label's operating threshold lands on 0.5 (the library's default output).
+label's operating threshold lands on 0.5 (the library's default output). That output is a calibrated
+score (``ScoreKind.CALIBRATED``, threshold 0.5), not a probability, and is reported as such.
 
 One deliberate difference from ``xrv.utils.read_xray_dcm``: when the DICOM image has a VOI LUT or
 window, it is applied (the training images were mostly display-windowed JPEG/PNG exports);
@@ -27,7 +28,13 @@ from scipy import ndimage
 from pipelines.base import StageTimer
 from pipelines.compute import Compute
 from pipelines.errors import PipelineInputError
-from pipelines.findings import ClassificationFinding, ClassificationResult, Findings, ModelInfo
+from pipelines.findings import (
+    ClassificationFinding,
+    ClassificationResult,
+    Findings,
+    ModelInfo,
+    ScoreKind,
+)
 from pipelines.io import Radiograph, load_radiograph
 
 NAME = "cxr-classification"
@@ -122,11 +129,17 @@ class CxrClassificationPipeline:
 
     def postprocess(self, radiograph: Radiograph, logits: torch.Tensor) -> ClassificationResult:
         calibrated = op_norm(torch.sigmoid(logits), torch.tensor(self.op_thresholds, dtype=torch.float32))
+        # op_norm puts each label's operating threshold at 0.5: a calibrated score, not a probability.
         findings = tuple(
-            ClassificationFinding(label=label, probability=float(np.clip(p, 0.0, 1.0)), threshold=0.5)
+            ClassificationFinding(label=label, score=float(np.clip(p, 0.0, 1.0)), threshold=0.5)
             for label, p in zip(self.labels, calibrated.tolist(), strict=True)
         )
-        return ClassificationResult(model=self.model, source=radiograph.source, findings=findings)
+        return ClassificationResult(
+            model=self.model,
+            source=radiograph.source,
+            findings=findings,
+            score_kind=ScoreKind.CALIBRATED,
+        )
 
     def run_timed(self, paths: Sequence[str | Path]) -> tuple[Findings, dict[str, float]]:
         timer = StageTimer()

@@ -10,6 +10,7 @@ the patient's left, +y posterior, +z head), the same system as ImagePositionPati
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
@@ -19,12 +20,17 @@ Point3D = tuple[float, float, float]
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Which model produced a result: shown as the algorithm in every SR and SEG."""
+    """Which model produced a result: shown as the algorithm in every SR and SEG.
+
+    ``untrained`` is set for scaffold weights (``models scaffold``): every object written from such a
+    result says so where a reader looks first (Series Description, SR text, SEG segment descriptions).
+    """
 
     name: str
     version: str
     manufacturer: str = "dicom-node"
     weights_sha256: str = ""
+    untrained: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -42,33 +48,50 @@ class ImageReference:
     frame_number: int | None = None
 
 
+class ScoreKind(StrEnum):
+    """What a classifier's score in [0, 1] is, so that it is coded for what it is.
+
+    ``PROBABILITY``: an estimate of the probability that the finding is present.
+    ``CALIBRATED``: a monotone rescaling of the model's output that puts its operating threshold at a
+    fixed point (TorchXRayVision's ``op_norm`` puts it at 0.5); above the threshold means "present at
+    the model's operating point", and the value is no probability.
+    """
+
+    PROBABILITY = "probability"
+    CALIBRATED = "calibrated"
+
+
 @dataclass(frozen=True)
 class ClassificationFinding:
-    """One label of an image-level multi-label classifier."""
+    """One label of an image-level multi-label classifier: its score and the threshold it is read at."""
 
     label: str
-    probability: float
+    score: float
     threshold: float
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.probability <= 1.0:
-            raise ValueError(f'Argument "probability" must be in [0, 1], got {self.probability}.')
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f'Argument "score" must be in [0, 1], got {self.score}.')
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f'Argument "threshold" must be in [0, 1], got {self.threshold}.')
 
     @property
     def positive(self) -> bool:
-        """Whether the probability reaches the model's operating threshold."""
-        return self.probability >= self.threshold
+        """Whether the score reaches the model's operating threshold."""
+        return self.score >= self.threshold
 
 
 @dataclass(frozen=True)
 class ClassificationResult:
-    """Image-level findings on one radiograph."""
+    """Image-level findings on one radiograph; ``score_kind`` says what every finding's score is."""
 
     model: ModelInfo
     source: ImageReference
     findings: tuple[ClassificationFinding, ...]
+    score_kind: ScoreKind
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "score_kind", ScoreKind(self.score_kind))
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 ``get_pipeline(name, models_dir)`` loads (once per process, through ``models.loader``) the model the
 pipeline needs and raises ``PipelineNotInstalledError`` with the reason when the weights are missing
-or do not verify — the node then marks the job ``skipped`` with that reason. No code path here
-downloads anything.
+or do not verify — the node then marks the job ``skipped`` with that reason. Untrained scaffold
+weights (``models scaffold``) are refused with ``UntrainedModelError`` once verified, unless the caller
+passes ``allow_untrained=True`` (tests, benchmarks, site training); the pipeline then carries
+``ModelInfo.untrained`` so that every result object says so. No code path here downloads anything.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pipelines.compute import Compute, select_compute
 from pipelines.ct_lung_nodules import BundleNoduleDetector, LungNoduleDetectionPipeline, NoduleSettings
 from pipelines.ct_vertebrae import BundleSegmenter, VertebraSegmentationPipeline, VertebraSettings
 from pipelines.cxr_classification import CxrClassificationPipeline
-from pipelines.errors import PipelineNotInstalledError
+from pipelines.errors import PipelineNotInstalledError, UntrainedModelError
 from pipelines.findings import ModelInfo
 
 PIPELINE_MODELS: dict[str, str] = {
@@ -29,21 +31,35 @@ PIPELINE_NAMES: tuple[str, ...] = tuple(PIPELINE_MODELS)
 
 
 def model_info(installed: InstalledModel) -> ModelInfo:
-    """Name, version (``site-…`` or ``scaffold-…`` if not published) and sha256, as results show them."""
+    """Name, version (``site-…`` or ``scaffold-…`` if not published), sha256 and whether untrained."""
     return ModelInfo(
-        name=installed.name, version=installed.record.version, weights_sha256=installed.record.sha256
+        name=installed.name,
+        version=installed.record.version,
+        weights_sha256=installed.record.sha256,
+        untrained=installed.record.untrained,
     )
 
 
-def get_pipeline(name: str, models_dir: Path, compute: Compute | None = None) -> Pipeline:
-    """The named pipeline on its verified weights; ``PipelineNotInstalledError`` if they are not usable."""
+def get_pipeline(
+    name: str, models_dir: Path, compute: Compute | None = None, *, allow_untrained: bool = False
+) -> Pipeline:
+    """The named pipeline on its verified weights.
+
+    Raises ``PipelineNotInstalledError`` if the weights are not usable, ``UntrainedModelError`` if they
+    are a scaffold and ``allow_untrained`` is false.
+    """
     if name not in PIPELINE_MODELS:
         raise ValueError(f'Argument "name" must be one of {", ".join(PIPELINE_NAMES)}, got {name!r}.')
+    model = PIPELINE_MODELS[name]
     compute = compute or select_compute()
     try:
-        installed = load_model(models_dir, PIPELINE_MODELS[name], compute.device)
+        installed = load_model(models_dir, model, compute.device)
     except ModelError as exc:
         raise PipelineNotInstalledError(name, str(exc)) from exc
+    # After verification: weights that no longer match their record are "not installed", whatever
+    # the record says they were.
+    if installed.record.untrained and not allow_untrained:
+        raise UntrainedModelError(name, model, installed.record.version)
     info = model_info(installed)
     data = installed.manifest.data
     if name == "cxr-classification":

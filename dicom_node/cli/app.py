@@ -136,6 +136,8 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     table.add_row("index", f"{document['database']} (schema {document['schema_revision']})")
     for d in document["destinations"]:
         table.add_row(f"destination {d['name']}", f"{d['ae_title']}@{d['host']}:{d['port']}")
+    for row in document.get("pipelines", []):
+        table.add_row(f"pipeline {row['name']}", pipeline_line(row))
     console.print(table)
 
 
@@ -148,7 +150,7 @@ def db_upgrade(config: ConfigOption = None) -> None:
 
 
 from dicom_node.cli import network, studies  # noqa: E402
-from dicom_node.cli.jobs import register, status_extras  # noqa: E402
+from dicom_node.cli.jobs import pipeline_line, register, status_extras  # noqa: E402
 
 app.command()(studies.studies)
 app.command()(studies.audit)

@@ -147,8 +147,18 @@ def _count_by(database: Database, column: Any) -> dict[str, int]:
         }
 
 
-def pipeline_statuses(models_dir: Path) -> list[dict[str, Any]]:
-    """The pipelines and whether their models are installed (``models.registry`` once it exists)."""
+UNTRAINED_SKIPPED = (
+    "UNTRAINED scaffold weights: its jobs are skipped (set [analysis] allow_untrained = true to run "
+    "them for tests)"
+)
+UNTRAINED_RUNS = (
+    "UNTRAINED scaffold weights: its jobs run because [analysis] allow_untrained = true, and every "
+    "result says NOT FOR CLINICAL USE"
+)
+
+
+def pipeline_statuses(models_dir: Path, allow_untrained: bool = False) -> list[dict[str, Any]]:
+    """The pipelines, whether their models are installed, and whether the weights are untrained."""
     rows: dict[str, dict[str, Any]] = {name: {"name": name, "installed": None} for name in PIPELINES}
     try:
         from models.registry import model_statuses
@@ -176,8 +186,25 @@ def pipeline_statuses(models_dir: Path) -> list[dict[str, Any]]:
     for model in models:
         pipeline = model.get("pipeline")
         if isinstance(pipeline, str) and pipeline in rows:
-            rows[pipeline].update({"installed": model.get("installed"), "model": model})
+            untrained = model.get("provenance") == "scaffold"
+            model["untrained"] = untrained
+            rows[pipeline].update(
+                {"installed": model.get("installed"), "model": model, "untrained": untrained}
+            )
+            if untrained and model.get("installed"):
+                rows[pipeline]["detail"] = UNTRAINED_RUNS if allow_untrained else UNTRAINED_SKIPPED
     return list(rows.values())
+
+
+def pipeline_line(row: dict[str, Any]) -> str:
+    """One pipeline of ``status`` in words: its model's version, UNTRAINED first where it is."""
+    model = row.get("model") or {}
+    if not row.get("installed"):
+        return f"not installed: {model.get('reason') or row.get('detail') or 'no model registry'}"
+    text = f"{model.get('name')} {model.get('version')}"
+    if row.get("untrained"):
+        return f"UNTRAINED {text} — {row.get('detail')}"
+    return text
 
 
 def status_extras(settings: Settings, database: Database) -> dict[str, Any]:
@@ -226,7 +253,8 @@ def status_extras(settings: Settings, database: Database) -> dict[str, Any]:
         },
         "queues": queue_depths(create_app(settings)),
         "workers": workers,
-        "pipelines": pipeline_statuses(settings.models_dir),
+        "analysis": {"allow_untrained": settings.allow_untrained},
+        "pipelines": pipeline_statuses(settings.models_dir, settings.allow_untrained),
     }
 
 

@@ -45,10 +45,12 @@ def list_models(
     """Show every model, installed or not, and why."""
     statuses = model_statuses(models_dir)
     if as_json:
-        typer.echo(json.dumps([asdict(s) for s in statuses], indent=2))
+        typer.echo(json.dumps([{**asdict(s), "untrained": s.untrained} for s in statuses], indent=2))
         return
     for s in statuses:
         state = f"installed {s.version}" if s.installed else "not installed"
+        if s.installed and s.untrained:
+            state = f"installed UNTRAINED {s.version}"
         typer.echo(f"{s.name:34} {s.pipeline:20} {state}: {s.reason}")
 
 

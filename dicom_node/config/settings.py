@@ -23,6 +23,7 @@ from dicom_node.config.routes import PIPELINES, RouteSpec
 from dicom_node.config.tables import (
     DEFAULT_TIMEOUTS,
     AccessPolicy,
+    AnalysisSettings,
     Destination,
     DimseTimeouts,
     JobSettings,
@@ -82,6 +83,7 @@ class Settings(BaseSettings):
     log_format: LogFormat = "text"
     retention_days: Days = 0.0
     jobs: JobSettings = JobSettings()
+    analysis: AnalysisSettings = AnalysisSettings()
     routes: tuple[RouteSpec, ...] = ()
     """Empty: the shipped ``workflow.routing.DEFAULT_ROUTES`` apply."""
 
@@ -149,6 +151,11 @@ class Settings(BaseSettings):
         if unknown:
             raise ValidationError.from_exception_data("routes", unknown)
         return routes
+
+    @property
+    def allow_untrained(self) -> bool:
+        """``[analysis] allow_untrained``."""
+        return self.analysis.allow_untrained
 
     @property
     def storage_root(self) -> Path:

@@ -144,6 +144,14 @@ class Destination(Table):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+class AnalysisSettings(Table):
+    """The ``[analysis]`` table."""
+
+    allow_untrained: bool = False
+    """Run models whose weights are an untrained scaffold (tests, benchmarks, site training); their
+    results are marked UNTRAINED. Off (the default): such jobs end ``skipped`` with the reason."""
+
+
 class JobSettings(Table):
     """The ``[jobs]`` table: leases, limits and retry policy (seconds)."""
 

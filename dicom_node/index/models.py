@@ -194,6 +194,11 @@ class Job(Base):
     picked up before it (else the reconciler sends another); while ``running``, the worker's heartbeat
     must extend it (else the worker is presumed dead and the job is queued again). ``claim_token``
     fences a presumed-dead worker that comes back: only the holder of the current token may finish.
+
+    ``result_basis`` is the sha256 of what the job's results depend on (series, its instances' hashes,
+    pipeline, model version and weights); ``first_started_at`` when its analysis first started. The
+    earliest ``first_started_at`` of the jobs with one basis dates every object of that basis, so a
+    re-run writes the same bytes (docs/reports.md).
     """
 
     __tablename__ = "job"
@@ -215,6 +220,8 @@ class Job(Base):
     queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    first_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    result_basis: Mapped[str | None] = mapped_column(String(64), index=True)
 
     study: Mapped[Study] = relationship()
     series: Mapped[Series | None] = relationship()

@@ -1,15 +1,19 @@
 """One analysis job's work: claim the row, load the chosen series, run the pipeline, store the results.
 
 Stages, each a plain call: claim (a conditional UPDATE that fences other workers) → load the series'
-files from the store → ``Pipeline.run(paths)`` → write SR/SEG datasets (``dicom_node.reports``, once per
-destination profile) → store and index them with ``Ingest`` → finish the job and create one delivery per
-destination, in one transaction that only the current claim holder can commit.
+files from the store → ``Pipeline.run(paths)`` → settle what the results depend on (``identity``: the
+series and its instances' hashes, model and weights; the first start, which dates every object) →
+write SR/SEG datasets (``dicom_node.reports``: each object once per job, shared by the destination
+profiles that produce the same one) → store and index them with ``Ingest`` as the node's own objects
+(they change no received fact of the study) → finish the job and create one delivery per destination,
+in one transaction that only the current claim holder can commit.
 
-Outcomes: ``succeeded``; ``skipped`` when the pipeline's model is not installed (never analysed with
-random weights); ``failed`` with the reason for a refused input or any other permanent error (re-raised
-so the worker logs it). A transient error (the database went away) puts the job back to ``queued`` and
-lets Celery retry with backoff. A lease heartbeat (``index.leases``) runs while the pipeline does, so a
-worker that dies is noticed by the reconciler within ``running_lease`` seconds.
+Outcomes: ``succeeded``; ``skipped`` when the pipeline's model is not installed, or is an untrained
+scaffold and ``[analysis] allow_untrained`` is off (never analysed with random weights unless asked,
+and then marked UNTRAINED); ``failed`` with the reason for a refused input or any other permanent
+error (re-raised so the worker logs it). A transient error (the database went away) puts the job back
+to ``queued`` and lets Celery retry with backoff. A lease heartbeat (``index.leases``) runs while the
+pipeline does, so a worker that dies is noticed by the reconciler within ``running_lease`` seconds.
 
 Fencing: a worker presumed dead (frozen past its lease) that comes back must not publish. Its result
 objects are written under temporary names and each is renamed into the store and indexed only in a
@@ -24,19 +28,20 @@ pipeline and a minimal writer this way, in the worker process).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from datetime import timedelta
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, update
 from sqlalchemy.exc import OperationalError
 
 from dicom_node.errors import DicomNodeError, TransientJobError
@@ -44,16 +49,16 @@ from dicom_node.index.leases import LeaseHeartbeat, LeaseLostError
 from dicom_node.index.models import (
     Delivery,
     DeliveryState,
-    Instance,
     Job,
     JobState,
     Result,
     utcnow,
 )
 from dicom_node.jobs.context import worker_name
-from dicom_node.jobs.registry import Pipeline, PipelineUnavailableError
+from dicom_node.jobs.identity import basis_key, replaced_reports, settle_basis, source_series
+from dicom_node.jobs.registry import Pipeline, PipelineUnavailableError, ResultContext
 from dicom_node.ops.metrics import ANALYSIS_STAGE_SECONDS, JOBS_FINISHED, observe_job_stages
-from dicom_node.storage.ingest import InstanceSource, describe_instance
+from dicom_node.storage.ingest import describe_instance
 
 if TYPE_CHECKING:
     from dicom_node.config import Destination, Settings
@@ -117,16 +122,6 @@ def _finish(context: WorkerContext, job_id: int, token: str, state: JobState, er
         return bool(getattr(result, "rowcount", 0))
 
 
-def _source_paths(context: WorkerContext, job: Job) -> list[Path]:
-    with context.database.sessions() as session:
-        instances = session.scalars(
-            select(Instance)
-            .where(Instance.series_id == job.series_id)
-            .order_by(Instance.instance_number, Instance.id)
-        ).all()
-        return [context.store.path(i.path) for i in instances]
-
-
 def encode(ds: Dataset) -> bytes:
     """A complete DICOM file (preamble, meta, data set) as bytes, the way the edge stores received ones."""
     buffer = io.BytesIO()
@@ -134,30 +129,49 @@ def encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+class ResultConflictError(DicomNodeError):
+    """A writer produced two different contents under one SOP Instance UID (a bug, never stored)."""
+
+
 def store_results(
     context: WorkerContext,
     job: Job,
     profile: str,
     datasets: Sequence[Dataset],
+    written: MutableMapping[str, tuple[int, str]] | None = None,
     guard: Callable[[Connection], bool] | None = None,
 ) -> list[Result]:
-    """Store and index each result dataset (idempotently: same UIDs on a re-run) and list them.
+    """Store and index each result dataset (idempotently: same bytes on a re-run) and list them.
+
+    ``written`` (SOP Instance UID → object id and sha256 of its bytes), shared by a job's profiles,
+    stores an object that several profiles share once; a second, different content under a UID already
+    written raises ``ResultConflictError`` instead of superseding the first.
 
     Each is written under a temporary name and published (renamed into the store and indexed) in a
     transaction that ``guard`` opens with a compare-and-set on the job's claim token; a fenced worker's
     objects are discarded (``LeaseLostError``), never indexed.
     """
+    written = {} if written is None else written
     results: list[Result] = []
     for ds in datasets:
-        data = encode(ds)
         received = describe_instance(ds, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID))
-        context.ingest.store_encoded(
-            received,
-            data,
-            calling_ae_title=context.settings.ae_title,
-            source=InstanceSource.RESULT,
-            guard=guard,
-        )
+        known = written.get(received.sop_instance_uid)
+        if known is None or known[0] != id(ds):
+            data = encode(ds)
+            digest = hashlib.sha256(data).hexdigest()
+            if known is not None and known[1] != digest:
+                raise ResultConflictError(
+                    f"two different objects were written as SOP Instance {received.sop_instance_uid}"
+                )
+            if known is None:
+                # The node's own object: stored and indexed, but no received fact of the study changes.
+                context.ingest.store_encoded(
+                    dataclasses.replace(received, produced_here=True),
+                    data,
+                    calling_ae_title=context.settings.ae_title,
+                    guard=guard,
+                )
+            written[received.sop_instance_uid] = (id(ds), digest)
         results.append(
             Result(
                 job_id=job.id,
@@ -289,25 +303,36 @@ def run_job(context: WorkerContext, job_id: int) -> JobOutcome:
 
 
 def _analyse(context: WorkerContext, job: Job, token: str, lease: LeaseHeartbeat) -> list[int] | None:
-    paths = _source_paths(context, job)
-    if not paths:
+    source = source_series(context, job)
+    if not source.paths:
         raise MissingInputError(f"series of job {job.id} has no stored instances")
-    pipeline = context.registry.pipeline(job.pipeline, context.settings.models_dir)
+    pipeline = context.registry.pipeline(
+        job.pipeline, context.settings.models_dir, allow_untrained=context.settings.allow_untrained
+    )
     try:
-        findings, seconds = pipeline.run_timed(paths)
+        findings, seconds = pipeline.run_timed(source.paths)
     except Exception as error:
         if _is_not_installed(error):
             raise PipelineUnavailableError(str(error)) from error
         raise
     for stage, value in seconds.items():
         ANALYSIS_STAGE_SECONDS.labels(pipeline=job.pipeline, stage=stage).observe(value)
-    sources = [pydicom.dcmread(p) for p in paths]
-    writer = context.registry.writer(job.pipeline)
+    sources = [pydicom.dcmread(p) for p in source.paths]
+    model_version = _model_version(pipeline, findings)
+    weights = str(getattr(getattr(findings, "model", None), "weights_sha256", "") or "")
+    key = basis_key(source, job.pipeline, model_version or "", weights)
     profiles = sorted({d.profile for d in context.settings.destinations}) or ["standard"]
+    basis = settle_basis(context, job.id, source, key)  # records the basis replaced_reports reads
+    result_context = ResultContext(
+        pipeline=job.pipeline, basis=basis, predecessors=replaced_reports(context, job, key, profiles)
+    )
+    writer = context.registry.writer(job.pipeline)
+    written: dict[str, tuple[int, str]] = {}
     results: list[Result] = []
     for profile in profiles:
-        results += store_results(context, job, profile, writer(findings, sources, profile), lease.guard)
-    return _complete(context, job.id, token, _model_version(pipeline, findings), results)
+        datasets = writer(findings, sources, profile, result_context)
+        results += store_results(context, job, profile, datasets, written, lease.guard)
+    return _complete(context, job.id, token, model_version, results)
 
 
 class MissingInputError(DicomNodeError):

@@ -3,33 +3,55 @@
 The real pipelines (``pipelines.registry.get_pipeline``) are imported only when a job asks for one, so
 the node's processes that never analyse (``serve``, the CLI) never import torch. Modules named in
 ``[jobs] plugins`` may register more (tests add a fixed-cost pipeline and a minimal writer this way).
+
+A writer gets the findings, the source data sets, the destination profile's name and a
+``ResultContext``: what the results' identity derives from (``reports.uids.ResultBasis``), the SRs
+each profile's new SR replaces, and the objects already built for this job's other profiles, so that an
+object two profiles share is built once.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import ConfigError, DicomNodeError
 from pipelines.base import Pipeline
 
-__all__ = ["Pipeline", "PipelineRegistry", "PipelineUnavailableError", "ResultWriter"]
+if TYPE_CHECKING:
+    from dicom_node.reports.uids import DocumentReference, ResultBasis
+
+__all__ = ["Pipeline", "PipelineRegistry", "PipelineUnavailableError", "ResultContext", "ResultWriter"]
+
+UNTRAINED_HINT = "set [analysis] allow_untrained = true to run it for tests"
 
 
 class PipelineUnavailableError(DicomNodeError):
-    """No pipeline of that name exists here, or its model is not installed; the job is skipped."""
+    """No pipeline of that name exists here, or its model is not installed or untrained; skipped."""
 
 
-ResultWriter = Callable[[Any, Sequence[Dataset], str], list[Dataset]]
-"""findings, source datasets, destination profile name → result datasets (SR, SEG, …)."""
+@dataclass
+class ResultContext:
+    """What one job's writer needs besides the findings: identity basis, predecessors, shared objects."""
+
+    pipeline: str
+    basis: ResultBasis
+    predecessors: Mapping[str, Sequence[DocumentReference]] = field(default_factory=dict)
+    built: dict[Hashable, list[Dataset]] = field(default_factory=dict)
 
 
-def write_with_reports(findings: Any, sources: Sequence[Dataset], profile: str) -> list[Dataset]:
+ResultWriter = Callable[[Any, Sequence[Dataset], str, ResultContext], list[Dataset]]
+"""findings, source datasets, destination profile name, context → result datasets (SR, SEG, …)."""
+
+
+def write_with_reports(
+    findings: Any, sources: Sequence[Dataset], profile: str, context: ResultContext
+) -> list[Dataset]:
     """The real writers: ``dicom_node.reports.write_results`` with the named ``ReportProfile``.
 
     The settings check destination profiles at load; a name that still is not one (a result row
@@ -42,7 +64,17 @@ def write_with_reports(findings: Any, sources: Sequence[Dataset], profile: str) 
         raise ConfigError(f"unknown report profile {profile!r}; one of {', '.join(PROFILES)}")
     chosen = PROFILES[profile]
     write_results: Callable[..., list[Dataset]] = reports.write_results
-    return list(write_results(findings, sources, chosen))
+    return list(
+        write_results(
+            findings,
+            sources,
+            chosen,
+            pipeline=context.pipeline,
+            basis=context.basis,
+            predecessors=tuple(context.predecessors.get(profile, ())),
+            shared=context.built,
+        )
+    )
 
 
 @dataclass
@@ -64,16 +96,19 @@ class PipelineRegistry:
         for name in modules:
             importlib.import_module(name).register_pipelines(self)
 
-    def pipeline(self, name: str, models_dir: Path) -> Pipeline:
+    def pipeline(self, name: str, models_dir: Path, *, allow_untrained: bool = False) -> Pipeline:
+        """The named pipeline; ``PipelineUnavailableError`` (the job is skipped) with the reason."""
         if name in self.factories:
             return self.factories[name]()
         try:
-            from pipelines.errors import PipelineNotInstalledError
+            from pipelines.errors import PipelineNotInstalledError, UntrainedModelError
             from pipelines.registry import get_pipeline
         except ImportError as error:
             raise PipelineUnavailableError(f"pipeline {name!r} is not available here: {error}") from None
         try:
-            pipeline: Pipeline = get_pipeline(name, models_dir)
+            pipeline: Pipeline = get_pipeline(name, models_dir, allow_untrained=allow_untrained)
+        except UntrainedModelError as error:
+            raise PipelineUnavailableError(f"{error}; {UNTRAINED_HINT}") from None
         except PipelineNotInstalledError as error:
             raise PipelineUnavailableError(str(error)) from None
         except ValueError as error:

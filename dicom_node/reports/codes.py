@@ -17,6 +17,8 @@ import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 
+from pipelines.findings import ScoreKind
+
 PRIVATE_SCHEME = "99DCMNODE"
 PRIVATE_SCHEME_NAME = "dicom-node private codes"
 PRIVATE_SCHEME_RESPONSIBLE = "dicom-node project"
@@ -51,6 +53,9 @@ def _cc(code: object) -> hd.sr.CodedConcept:
 
 # --- document, template and measurement concepts -------------------------------------------------------
 PROBABILITY = _cc(codes.DCM.Probability)  # DCM 122157
+# A classifier output rescaled so that its operating threshold sits at a fixed value (TorchXRayVision's
+# op_norm: 0.5). PS3.16 has no concept for it, and it is not a probability, so it is not coded as one.
+CALIBRATED_SCORE = private_code("CALSCORE", "Calibrated score (operating threshold as Threshold Value)")
 THRESHOLD_VALUE = _cc(codes.DCM.ThresholdValue)  # DCM 122411
 CERTAINTY_OF_FINDING = _cc(codes.DCM.CertaintyOfFinding)  # DCM 111012
 LONG_AXIS = _cc(codes.SCT.LongAxis)  # SCT 103339001
@@ -66,6 +71,11 @@ ANATOMICAL_STRUCTURE = _cc(codes.SCT.AnatomicalStructure)  # SCT 91723000 (CID 7
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = _cc(codes.SCT.MorphologicallyAbnormalStructure)
 IMAGING_MEASUREMENT_REPORT = _cc(codes.DCM.ImagingMeasurementReport)
 ARTIFICIAL_INTELLIGENCE = _cc(codes.cid7162.ArtificialIntelligence)  # DCM 123110 (CID 7162)
+COMMENT = _cc(codes.DCM.Comment)  # DCM 121106: the untrained-weights notice (a TEXT item)
+# TID 1500 row 12, the document-level container of qualitative evaluations (TEXT or CODE items).
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept(
+    value="C0034375", scheme_designator="UMLS", meaning="Qualitative Evaluations"
+)
 
 MILLIMETER = _cc(codes.UCUM.Millimeter)
 CUBIC_MILLIMETER = _cc(codes.UCUM.CubicMillimeter)
@@ -181,6 +191,25 @@ def segment_coding(name: str, index: int) -> SegmentCoding:
         display_color=hd.color.CIELabColor.from_rgb(*_rgb_for(index)),
         is_private=True,
     )
+
+
+SCORE_CODES: dict[ScoreKind, hd.sr.CodedConcept] = {
+    ScoreKind.PROBABILITY: PROBABILITY,
+    ScoreKind.CALIBRATED: CALIBRATED_SCORE,
+}
+
+
+def score_code(kind: ScoreKind) -> hd.sr.CodedConcept:
+    """The NUM concept of a classifier score of ``kind``."""
+    return SCORE_CODES[ScoreKind(kind)]
+
+
+def score_kind_of(code: hd.sr.CodedConcept) -> ScoreKind | None:
+    """The score kind a NUM concept stands for, ``None`` if it is no score of ours."""
+    for kind, known in SCORE_CODES.items():
+        if known.value == code.value and known.scheme_designator == code.scheme_designator:
+            return kind
+    return None
 
 
 def code_to_classification_label(code: hd.sr.CodedConcept) -> str:

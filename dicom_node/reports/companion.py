@@ -3,7 +3,8 @@
 For PACS viewers that do not render SR (switched on per destination with ``ReportProfile.companion``).
 A secondary capture was chosen over an encapsulated PDF because every viewer displays images, while
 PDF display is an optional plug-in in many (OHIF among them). The image is marked as derived, with
-burned-in annotation, and says plainly that it is an algorithm's result, not a diagnosis.
+burned-in annotation, and says plainly that it is an algorithm's result, not a diagnosis — and, for
+untrained weights, first of all that it is not for clinical use.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipelines.findings import ClassificationResult, Findings, NoduleDetectionResult
 
-from .naming import default_pipeline, series_description
+from .naming import UNTRAINED_NOTICE, default_pipeline, series_description
 from .sources import SliceGeometry, SourceIndex, copy_study_attributes
-from .uids import ResultKind, result_identity
+from .uids import ResultBasis, ResultKind, result_identity, settle
 
 MAX_SIDE = 1024
 DISCLAIMER = "Algorithm output - not a diagnosis. Full results in the DICOM SR."
@@ -50,9 +51,9 @@ def _lines_and_boxes(
     if isinstance(result, ClassificationResult):
         image = index.get(result.source)
         lines = [
-            f"{f.label}: {f.probability:.2f} "
+            f"{f.label}: {result.score_kind.value} score {f.score:.2f} "
             f"({'POSITIVE' if f.positive else 'negative'} at {f.threshold:.2f})"
-            for f in sorted(result.findings, key=lambda f: -f.probability)
+            for f in sorted(result.findings, key=lambda f: -f.score)
         ]
         return image, lines, []
     if isinstance(result, NoduleDetectionResult):
@@ -106,11 +107,16 @@ def _patient_orientation(ds: pydicom.Dataset) -> tuple[str, str]:
 
 
 def write_companion(
-    result: Findings, sources: Sequence[pydicom.Dataset], *, pipeline: str | None = None
+    result: Findings,
+    sources: Sequence[pydicom.Dataset],
+    *,
+    pipeline: str | None = None,
+    basis: ResultBasis | None = None,
 ) -> hd.sc.SCImage:
-    """The companion secondary capture of one result."""
+    """The companion secondary capture of one result (``basis``: as for the SR and SEG)."""
     pipeline = pipeline or default_pipeline(result)
     index = SourceIndex(sources)
+    basis = basis or ResultBasis.of_sources(sources)
     image, lines, boxes = _lines_and_boxes(result, index)
     grey = Image.fromarray(_grey(image)).convert("RGB")
     scale = min(1.0, MAX_SIDE / max(grey.size))
@@ -120,6 +126,8 @@ def write_companion(
     font = ImageFont.load_default(size=font_size)
     line_height = int(font_size * 1.3)
     header = [f"{result.model.name} {result.model.version}", *lines, DISCLAIMER]
+    if result.model.untrained:
+        header.insert(0, UNTRAINED_NOTICE.upper())
     canvas = Image.new("RGB", (grey.width, grey.height + line_height * (len(header) + 1)), "black")
     canvas.paste(grey, (0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -131,9 +139,9 @@ def write_companion(
         draw.text((8, grey.height + line_height // 2 + i * line_height), line, fill="white", font=font)
     pixels = np.asarray(canvas, dtype=np.uint8)
 
-    identity = result_identity(index.study_instance_uid, pipeline, result.model.version, ResultKind.COMPANION)
+    identity = result_identity(basis, pipeline, result.model, ResultKind.COMPANION)
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=index.first,
+        ref_dataset=image,  # the image drawn on, whatever order the sources came in
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
@@ -152,5 +160,6 @@ def write_companion(
     if "Laterality" not in sc:
         sc.Laterality = ""  # Type 2C (paired body parts): present and empty, laterality is unknown here
     sc.ImageType = ["DERIVED", "SECONDARY"]
-    copy_study_attributes(sc, index.first)
+    copy_study_attributes(sc, image)
+    settle(sc, basis)
     return sc

@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
+from pipelines.findings import ScoreKind
+
 from . import codes as c
 from .seg import label_value_from_tracking_id
 
@@ -30,7 +32,8 @@ class ReadFinding:
     """One classification group read back."""
 
     label: str
-    probability: float
+    score: float
+    score_kind: ScoreKind
     threshold: float
     positive: bool
     source_sop_instance_uid: str
@@ -99,16 +102,46 @@ def read_classification(sr: pydicom.Dataset) -> list[ReadFinding]:
         code = _finding_type(group)
         evaluations = group.get_qualitative_evaluations(name=code)
         positive = evaluations[0].value == c.PRESENT
+        kind, score = _score(group)
         out.append(
             ReadFinding(
                 label=c.code_to_classification_label(code),
-                probability=_value(group, c.PROBABILITY),
+                score=score,
+                score_kind=kind,
                 threshold=_value(group, c.THRESHOLD_VALUE),
                 positive=positive,
                 source_sop_instance_uid=_group_source(report, group),
             )
         )
     return out
+
+
+def _score(group: Group) -> tuple[ScoreKind, float]:
+    """The group's one score NUM: a probability or a calibrated score (docs/codes.md)."""
+    found = [
+        (kind, float(m.value))
+        for m in group.get_measurements()
+        if (kind := c.score_kind_of(m.name)) is not None
+    ]
+    if len(found) != 1:
+        raise ValueError(f"Expected one score (probability or calibrated score), found {len(found)}.")
+    return found[0]
+
+
+def read_notices(sr: pydicom.Dataset) -> list[str]:
+    """The TEXT items of the document's Qualitative Evaluations container (the untrained notice)."""
+    notices = []
+    for item in sr.ContentSequence:
+        if item.ValueType != "CONTAINER":
+            continue
+        name = item.ConceptNameCodeSequence[0]
+        if (name.CodeValue, name.CodingSchemeDesignator) != (
+            c.QUALITATIVE_EVALUATIONS.value,
+            c.QUALITATIVE_EVALUATIONS.scheme_designator,
+        ):
+            continue
+        notices += [str(i.TextValue) for i in item.get("ContentSequence", []) if i.ValueType == "TEXT"]
+    return notices
 
 
 def _group_source(report: hd.sr.Comprehensive3DSR, group: object) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, MutableMapping, Sequence
+from typing import cast
 
+import highdicom as hd
 import numpy as np
 import pydicom
 
@@ -11,8 +13,12 @@ from pipelines.findings import Findings, SegmentationResult
 
 from .companion import write_companion
 from .profile import DEFAULT_PROFILE, CompanionType, ReportProfile
-from .seg import write_segmentation
+from .seg import seg_kind, write_segmentation
 from .sr import write_measurement_report
+from .uids import DocumentReference, ResultBasis
+
+SharedObjects = MutableMapping[Hashable, list[pydicom.Dataset]]
+"""Objects already built for a job's other profiles, by what their content depends on."""
 
 
 def write_results(
@@ -21,17 +27,37 @@ def write_results(
     profile: ReportProfile = DEFAULT_PROFILE,
     *,
     pipeline: str | None = None,
+    basis: ResultBasis | None = None,
+    predecessors: Sequence[DocumentReference] = (),
+    shared: SharedObjects | None = None,
 ) -> list[pydicom.Dataset]:
     """SEG first (for a segmentation with any foreground), then the SR(s), then the companion if asked.
 
     The SEG goes first because the SR references it: a PACS that checks references sees it already.
+    ``basis`` is what every object's identity and date/time derive from (default: the sources' UIDs,
+    now); ``predecessors`` the SRs the new SR replaces. Pass the same ``shared`` mapping for every
+    profile of one job: an object whose content another profile already produced (the BINARY SEG of
+    the standard and the OHIF profile) is then that very object, built once.
     """
+    basis = basis or ResultBasis.of_sources(sources)
+    built: SharedObjects = {} if shared is None else shared
     objects: list[pydicom.Dataset] = []
-    segmentation = None
+    segmentation: hd.seg.Segmentation | None = None
     if isinstance(result, SegmentationResult) and np.any(result.label_map):
-        segmentation = write_segmentation(result, sources, profile, pipeline=pipeline)
+        key: Hashable = ("seg", seg_kind(profile))
+        if key not in built:
+            built[key] = [write_segmentation(result, sources, profile, pipeline=pipeline, basis=basis)]
+        segmentation = cast(hd.seg.Segmentation, built[key][0])
         objects.append(segmentation)
-    objects.extend(write_measurement_report(result, sources, profile, segmentation, pipeline=pipeline))
+    # The SR's content depends on the layout and on the SEG it references, nothing else of the profile.
+    key = ("sr", profile.ohif_compatible, None if segmentation is None else str(segmentation.SOPInstanceUID))
+    if key not in built:
+        built[key] = write_measurement_report(
+            result, sources, profile, segmentation, pipeline=pipeline, basis=basis, predecessors=predecessors
+        )
+    objects.extend(built[key])
     if profile.companion == CompanionType.SECONDARY_CAPTURE:
-        objects.append(write_companion(result, sources, pipeline=pipeline))
+        if "companion" not in built:
+            built["companion"] = [write_companion(result, sources, pipeline=pipeline, basis=basis)]
+        objects.extend(built["companion"])
     return objects

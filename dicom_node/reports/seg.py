@@ -6,6 +6,9 @@ from the source instances themselves, so each frame carries the Image Position o
 and a Derivation Image reference to that slice; frames that hold no foreground are left out (that is
 what keeps a BINARY SEG small), and because every remaining frame names its own source slice and
 position, viewers place it correctly — the alignment test in ``tests/reports`` checks exactly that.
+
+A SEG of untrained weights says so in every segment's Segment Description ("NOT FOR CLINICAL USE:
+untrained model weights"), in its Content Description and first in its Series Description.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from pydicom.uid import RLELossless
 from pipelines.findings import SegmentationResult, SegmentLabel
 
 from .codes import ARTIFICIAL_INTELLIGENCE, private_scheme_declaration, segment_coding
-from .naming import default_pipeline, series_description
+from .naming import UNTRAINED_NOTICE, default_pipeline, marked, series_description
 from .profile import DEFAULT_PROFILE, ReportProfile
 from .sources import SourceIndex, copy_study_attributes
-from .uids import ResultKind, derive_uid, result_identity
+from .uids import ResultBasis, ResultKind, derive_uid, result_identity, settle
 
 TRACKING_ID_PREFIX = "label "
 
@@ -66,10 +69,15 @@ def write_segmentation(
     profile: ReportProfile = DEFAULT_PROFILE,
     *,
     pipeline: str | None = None,
+    basis: ResultBasis | None = None,
 ) -> hd.seg.Segmentation:
-    """The SEG of ``result`` on its source images; ``ValueError`` if there is nothing to encode."""
+    """The SEG of ``result`` on its source images; ``ValueError`` if there is nothing to encode.
+
+    ``basis`` is what the identity derives from (default: the sources' UIDs, now).
+    """
     pipeline = pipeline or default_pipeline(result)
     index = SourceIndex(sources)
+    basis = basis or ResultBasis.of_sources(sources)
     planes = [index.get(ref) for ref in result.source_images]
     rows, columns = result.label_map.shape[1:]
     for ds in planes:
@@ -96,7 +104,7 @@ def write_segmentation(
         version=result.model.version,
         source=result.model.manufacturer,
     )
-    identity = result_identity(index.study_instance_uid, pipeline, result.model.version, seg_kind(profile))
+    identity = result_identity(basis, pipeline, result.model, seg_kind(profile))
     descriptions = []
     uses_private = False
     for number, label in enumerate(labels, start=1):
@@ -130,12 +138,16 @@ def write_segmentation(
         manufacturer_model_name=result.model.name[:64],
         software_versions=result.model.version[:64],
         device_serial_number=(result.model.weights_sha256 or "unknown")[:64],
-        content_description=f"{pipeline} {result.model.name} {result.model.version}"[:64],
+        content_description=marked(result.model, f"{pipeline} {result.model.name} {result.model.version}"),
         content_label=pipeline.upper().replace("-", "_")[:16],
         series_description=series_description(pipeline, result.model, "SEG"),
         transfer_syntax_uid=RLELossless if labelmap else pydicom.uid.ExplicitVRLittleEndian,
         coding_schemes=[private_scheme_declaration()] if uses_private else None,
         omit_empty_frames=True,
     )
+    if result.model.untrained:
+        for description in seg.SegmentSequence:
+            description.SegmentDescription = UNTRAINED_NOTICE
     copy_study_attributes(seg, index.first)
+    settle(seg, basis)
     return seg

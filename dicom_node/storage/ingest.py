@@ -154,7 +154,11 @@ def orientation_of(ds: Dataset) -> str | None:
 
 @dataclass(frozen=True)
 class ReceivedInstance:
-    """The identifiers and indexable attributes of one received data set."""
+    """The identifiers and indexable attributes of one received data set.
+
+    ``produced_here`` marks the node's own result objects: they are stored and indexed like any
+    instance, but change none of their study's received facts (calling AE, modalities, counts, state).
+    """
 
     study_instance_uid: str
     series_instance_uid: str
@@ -164,6 +168,7 @@ class ReceivedInstance:
     instance_number: int | None
     study: dict[str, Any]
     series: dict[str, Any]
+    produced_here: bool = False
 
 
 def describe_instance(
@@ -238,8 +243,9 @@ class StoreResult:
     size: int
 
 
-def _counted(result: StoreResult, source: InstanceSource) -> StoreResult:
+def _counted(result: StoreResult, received: ReceivedInstance) -> StoreResult:
     """Count an instance kept (its index commit has returned) in ``dicom_node_received_instances``."""
+    source = InstanceSource.RESULT if received.produced_here else InstanceSource.RECEIVED
     RECEIVED_INSTANCES.labels(outcome=result.outcome.value, source=source.value).inc()
     return result
 
@@ -261,7 +267,6 @@ class Ingest:
         *,
         calling_ae_title: str | None = None,
         association_id: int | None = None,
-        source: InstanceSource = InstanceSource.RECEIVED,
         guard: Callable[[Connection], bool] | None = None,
     ) -> StoreResult:
         """Write ``encoded`` (a complete DICOM file, or its parts in order) and index it.
@@ -283,7 +288,7 @@ class Ingest:
                             self._commit(
                                 received, relative, tmp_path, written, calling_ae_title, association_id, guard
                             ),
-                            source,
+                            received,
                         )
                     except IntegrityError:
                         # Another process inserted the same study/series/instance first; retry.
@@ -374,7 +379,7 @@ class Ingest:
                     "revision": 0,
                     "state": StudyState.RECEIVING,
                     "modalities": "",
-                    "calling_ae_title": calling_ae_title,
+                    "calling_ae_title": None if received.produced_here else calling_ae_title,
                 },
             ).scalar_one()
             modalities_text = ""
@@ -448,6 +453,10 @@ class Ingest:
                 "id": series_id,
             },
         )
+        if received.produced_here:
+            # The node's own results: what routing and send-back-to-caller read about the study
+            # (calling AE, modalities, counts, state, last arrival) stays what was received.
+            return outcome
         modality = received.series.get("modality")
         modalities = set(filter(None, (modalities_text or "").split("\\")))
         conn.execute(

@@ -314,7 +314,7 @@ def test_an_unknown_profile_is_refused_by_the_writer_too():
     from dicom_node.jobs.registry import write_with_reports
 
     with pytest.raises(ConfigError, match="unknown report profile 'fancy'; one of standard, ohif, labelmap"):
-        write_with_reports(None, [], "fancy")
+        write_with_reports(None, [], "fancy", None)  # refused before the context is read
 
 
 def test_pipeline_names_are_the_ones_the_registry_offers():
@@ -356,3 +356,14 @@ def test_destination_tls_settings_need_tls_and_go_together(tmp_path: Path):
     config.write_text(peer + "tls = true\n" + ca + half + f'private_key = "{tmp_path / "client.key"}"\n')
     destination = load_settings(config, environ={}).destination("pacs")
     assert destination.tls and destination.private_key == tmp_path / "client.key"
+
+
+def test_untrained_weights_are_allowed_only_by_the_analysis_table(tmp_path: Path):
+    assert load_settings(environ={}).allow_untrained is False
+    config = tmp_path / "node.toml"
+    config.write_text("[analysis]\nallow_untrained = true\n")
+    assert load_settings(config, environ={}).allow_untrained is True
+    assert "analysis.allow_untrained" in _problems(tmp_path, "[analysis]\nallow_untrained = 'maybe'\n")
+    message = _problems(tmp_path, "[analysis]\nallow_untrusted = true\n")
+    assert "analysis.allow_untrusted" in message and "allow_untrained" in message
+    assert "allow_untrained" in _problems(tmp_path, "allow_untrained = true\n")

@@ -1,4 +1,4 @@
-"""A test-only, fixed-cost pipeline and a minimal result writer, loaded by workers as a ``[jobs]`` plugin.
+"""Test-only pipelines loaded by workers as a ``[jobs]`` plugin. Plumbing only: they analyse nothing.
 
 ``fixed-cost`` sleeps ``DICOM_NODE_TEST_PIPELINE_SECONDS`` (default 0.2 s; for one modality
 ``DICOM_NODE_TEST_PIPELINE_SECONDS_<MODALITY>`` wins, so CT can be slow and DX fast) and reports how
@@ -6,7 +6,12 @@ many images it saw (``run_timed`` also gives the seconds of its ``load`` and ``i
 writer turns that into one Basic Text SR whose UIDs derive from (study,
 pipeline, model version), as the real writers' do. With ``DICOM_NODE_TEST_WRITER_STAMP=1`` the SR also
 says which process wrote it and when, so two runs of one job differ in their bytes (as writers that
-stamp a content time do) and a test can tell whose object was kept. Plumbing only: it analyses nothing.
+stamp a content time do) and a test can tell whose object was kept.
+
+``fixed-segmentation`` returns a fixed label map (a square labelled ``vertebrae_T12`` in the middle
+of every slice) on the series it is given, and registers no writer: its results go through the real
+writers (``dicom_node.reports``: SEG and TID 1500 SR), with the identity, predecessor and sharing
+rules of a real job, without a network to run.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from pipelines import findings as f
 from pipelines.base import StageTimer
 
 NAME = "fixed-cost"
@@ -68,7 +75,9 @@ def result_uids(study_uid: str, profile: str = "standard") -> tuple[str, str]:
     )
 
 
-def write_text_report(findings: FixedFindings, sources: Sequence[Dataset], profile: str) -> list[Dataset]:
+def write_text_report(
+    findings: FixedFindings, sources: Sequence[Dataset], profile: str, context: object
+) -> list[Dataset]:
     source = sources[0]
     series_uid, sop_uid = result_uids(findings.study_instance_uid, profile)
     ds = Dataset()
@@ -122,6 +131,37 @@ def stamp_of(ds: Dataset) -> str | None:
     return next((t for t in texts if t.startswith("written by process")), None)
 
 
+SEGMENTATION = "fixed-segmentation"
+SEGMENTATION_MODEL = f.ModelInfo(name="fixed-square", version="test-seg-1", weights_sha256="0" * 64)
+
+
+class FixedSegmentationPipeline:
+    name = SEGMENTATION
+
+    def run_timed(self, paths: Sequence[Path]) -> tuple[f.SegmentationResult, dict[str, float]]:
+        timer = StageTimer()
+        return timer("inference", lambda: self.run(paths)), timer.seconds
+
+    def run(self, paths: Sequence[Path]) -> f.SegmentationResult:
+        slices = sorted((dcmread(p) for p in paths), key=lambda ds: float(ds.ImagePositionPatient[2]))
+        rows, columns = int(slices[0].Rows), int(slices[0].Columns)
+        label_map = np.zeros((len(slices), rows, columns), dtype=np.uint16)
+        label_map[:, rows // 4 : rows // 2, columns // 4 : columns // 2] = 1
+        spacing = [float(v) for v in slices[0].PixelSpacing]
+        voxel_mm3 = spacing[0] * spacing[1] * float(slices[0].SliceThickness)
+        return f.SegmentationResult(
+            model=SEGMENTATION_MODEL,
+            series_instance_uid=str(slices[0].SeriesInstanceUID),
+            frame_of_reference_uid=str(slices[0].FrameOfReferenceUID),
+            source_images=tuple(
+                f.ImageReference(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in slices
+            ),
+            label_map=label_map,
+            labels=(f.SegmentLabel(1, "vertebrae_T12", float(label_map.sum()) * voxel_mm3),),
+        )
+
+
 def register_pipelines(registry: object) -> None:
-    """Plugin entry point (``[jobs] plugins``): add the fixed-cost pipeline and its writer."""
+    """Plugin entry point (``[jobs] plugins``): add the test pipelines (and the fixed-cost writer)."""
     registry.register(NAME, FixedCostPipeline, write_text_report)  # type: ignore[attr-defined]
+    registry.register(SEGMENTATION, FixedSegmentationPipeline)  # type: ignore[attr-defined]

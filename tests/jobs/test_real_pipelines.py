@@ -2,12 +2,15 @@
 
 The networks are the exact published architectures with untrained scaffold weights (no published weights
 can be downloaded here): the test proves the plumbing from C-STORE to the destination with the real
-pipelines, readers and writers, never the findings' medical value. The nodule model is left uninstalled
-so that its job must end ``skipped`` with the reason.
+pipelines, readers and writers, never the findings' medical value. Scaffold weights run only because the
+node sets ``[analysis] allow_untrained = true``, and then every object says UNTRAINED where a reader
+looks first (Series Description, the SR's text, the SEG's segment descriptions) and so does ``status``.
+The nodule model is left uninstalled so that its job must end ``skipped`` with the reason.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +20,8 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from dicom_node.index.models import Delivery, DeliveryState, Job, JobState
+from dicom_node.reports import UNTRAINED_NOTICE
+from dicom_node.reports.readback import read_notices
 from tests.jobs.conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -68,6 +73,9 @@ select = "thinnest"
 [routes.match]
 modality = "CT"
 orientation = "axial"
+
+[analysis]
+allow_untrained = true
 """
 
 
@@ -78,7 +86,7 @@ def test_real_ct_and_radiograph_come_back_as_seg_and_sr(tmp_path, redis_db, pacs
     node = node_factory(task_time_limit=600, running_lease=120)
     config = node.config.read_text()
     before_routes = config.split("[[routes]]")[0]
-    node.config.write_text(before_routes + ROUTES)
+    node.config.write_text(f'models_dir = "{models_dir}"\n' + before_routes + ROUTES)
     node.serve()
     node._start(["worker", "--concurrency", "1"], "worker.log", DICOM_NODE_MODELS_DIR=str(models_dir))
 
@@ -131,4 +139,18 @@ def test_real_ct_and_radiograph_come_back_as_seg_and_sr(tmp_path, redis_db, pacs
     assert str(seg.StudyInstanceUID) == ct_study
     assert "scaffold-" in str(seg.SoftwareVersions) or any(
         "scaffold-" in str(item.get("AlgorithmVersion", "")) for item in seg.SegmentSequence
+    )
+    # Untrained weights ran only because allow_untrained is set; every object says so first.
+    for ds in received:
+        assert str(ds.SeriesDescription).startswith("UNTRAINED AI "), ds.SeriesDescription
+        assert "scaffold-" in str(ds.SeriesDescription)
+        if str(ds.SOPClassUID) == COMPREHENSIVE_3D_SR:
+            assert read_notices(ds) == [UNTRAINED_NOTICE]
+    assert {str(item.SegmentDescription) for item in seg.SegmentSequence} == {UNTRAINED_NOTICE}
+    status = json.loads(node.cli("status", "--json").stdout)
+    assert status["analysis"] == {"allow_untrained": True}
+    rows = {p["name"]: p for p in status["pipelines"]}
+    assert rows["cxr-classification"]["untrained"] and rows["ct-vertebrae"]["untrained"]
+    assert (
+        "UNTRAINED" in rows["ct-vertebrae"]["detail"] and "allow_untrained" in rows["ct-vertebrae"]["detail"]
     )

@@ -17,7 +17,7 @@ from models.installer import _txrv_class_path, import_weights, scaffold
 from models.legacy_writer import write_legacy_pickled_module
 from models.loader import file_hashes, load_model, verify_model, weights_path
 from models.registry import model_statuses
-from pipelines.errors import PipelineNotInstalledError
+from pipelines.errors import PipelineNotInstalledError, UntrainedModelError
 from pipelines.findings import ClassificationResult, NoduleDetectionResult, SegmentationResult
 from pipelines.registry import PIPELINE_NAMES, get_pipeline
 from tests.conftest import CXR
@@ -127,15 +127,33 @@ def test_site_weights_are_named_by_their_sha256(models_dir, tmp_path):
 def test_nodule_detector_checkpoint_loads_and_runs_on_a_cropped_ct(models_dir, tmp_path):
     record = import_weights(scaffold(NODULES, tmp_path / "nodules.pt"), models_dir)
     assert record.version.startswith("scaffold-")  # untrained: plumbing only, and labelled so
-    result = get_pipeline("ct-lung-nodules", models_dir).run(cropped_ct(tmp_path))
+    pipeline = get_pipeline("ct-lung-nodules", models_dir, allow_untrained=True)
+    result = pipeline.run(cropped_ct(tmp_path))
     assert isinstance(result, NoduleDetectionResult)
     assert result.model.version == record.version and len(result.source_images) == 8
+    assert result.model.untrained
 
 
 @pytest.mark.slow
 def test_wholebody_checkpoint_loads_and_runs_on_a_cropped_ct(models_dir, tmp_path):
     record = import_weights(scaffold(WHOLEBODY, tmp_path / "wholebody.pt"), models_dir)
-    result = get_pipeline("ct-vertebrae", models_dir).run(cropped_ct(tmp_path, size=48, slices=6))
+    pipeline = get_pipeline("ct-vertebrae", models_dir, allow_untrained=True)
+    result = pipeline.run(cropped_ct(tmp_path, size=48, slices=6))
     assert isinstance(result, SegmentationResult)
     assert result.label_map.shape == (6, 48, 48) and result.model.version == record.version
+    assert result.model.untrained
     assert pydicom.dcmread(cropped_ct(tmp_path)[0]).Rows == 64
+
+
+def test_scaffold_weights_are_refused_unless_allowed_and_then_marked(models_dir, tmp_path):
+    record = import_weights(scaffold(TXRV, tmp_path / "txrv.pt"), models_dir)
+    with pytest.raises(UntrainedModelError, match=rf"model {TXRV} has untrained \(scaffold\) weights"):
+        get_pipeline("cxr-classification", models_dir)
+    result = get_pipeline("cxr-classification", models_dir, allow_untrained=True).run([CXR])
+    assert isinstance(result, ClassificationResult)
+    assert result.model.untrained and result.model.version == record.version
+    # Trained weights of the same architecture are never marked.
+    path = tmp_path / "finetuned.pt"
+    torch.save(build_network(TXRV).state_dict(), path)
+    import_weights(path, models_dir, model=TXRV, site=True)
+    assert not get_pipeline("cxr-classification", models_dir).run([CXR]).model.untrained

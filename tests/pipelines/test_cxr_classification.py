@@ -17,7 +17,7 @@ from pipelines.cxr_classification import (
     txrv_input,
 )
 from pipelines.errors import PipelineInputError
-from pipelines.findings import ModelInfo
+from pipelines.findings import ModelInfo, ScoreKind
 from pipelines.io import load_radiograph
 from tests.conftest import CXR
 
@@ -71,7 +71,8 @@ def test_pipeline_outputs_calibrated_findings_for_every_label():
     assert all(f.threshold == 0.5 for f in result.findings)
     x = txrv_input(load_radiograph(CXR))
     expected = op_norm(torch.sigmoid(oracle_classifier(x)), torch.tensor(THRESHOLDS))[0]
-    assert [f.probability for f in result.findings] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert [f.score for f in result.findings] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert result.score_kind == ScoreKind.CALIBRATED  # op_norm's output is no probability
     assert result.source.sop_instance_uid == pydicom.dcmread(CXR).SOPInstanceUID
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -15,6 +17,7 @@ from pipelines.findings import (
     ModelInfo,
     Nodule,
     NoduleDetectionResult,
+    ScoreKind,
     SegmentationResult,
 )
 from tests.conftest import REPO
@@ -25,6 +28,8 @@ from .data import CT_DIR, CXR, ct_series, cxr, nifti_segmentation
 # folder named by this variable, by default ../shared/tools/ohif beside the checkout when that exists.
 OHIF_ENV = "DICOM_NODE_OHIF"
 OHIF_DEFAULT = REPO.parent / "shared" / "tools" / "ohif"
+
+R = TypeVar("R", ClassificationResult, NoduleDetectionResult, SegmentationResult)
 
 # The radiograph's Patient's Name is a bare UUID; highdicom warns about it whenever it copies it. The
 # source is what it is (a real de-identified file), so that one warning is expected here.
@@ -48,7 +53,7 @@ def _ref(ds: object) -> ImageReference:
     return ImageReference(str(ds.SOPClassUID), str(ds.SOPInstanceUID))  # type: ignore[attr-defined]
 
 
-def classification_result() -> ClassificationResult:
+def classification_result(score_kind: ScoreKind = ScoreKind.PROBABILITY) -> ClassificationResult:
     image = cxr()
     return ClassificationResult(
         model=ModelInfo(name="txrv-densenet121-res224-all", version="1.5.2-test"),
@@ -59,6 +64,7 @@ def classification_result() -> ClassificationResult:
             ClassificationFinding("Lung Opacity", 0.64, 0.6),
             ClassificationFinding("Cardiomegaly", 0.05, 0.5),
         ),
+        score_kind=score_kind,
     )
 
 
@@ -92,6 +98,12 @@ def nodule_result() -> NoduleDetectionResult:
 
 def vertebra_result() -> SegmentationResult:
     return nifti_segmentation(vertebrae_only=True)
+
+
+def untrained(result: R) -> R:
+    """The same result, as if its model's weights were an untrained scaffold."""
+    model = replace(result.model, version="scaffold-0123abcd", untrained=True)
+    return replace(result, model=model)
 
 
 @pytest.fixture(scope="session")

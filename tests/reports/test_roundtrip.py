@@ -17,6 +17,7 @@ from pipelines.findings import (
     ModelInfo,
     Nodule,
     NoduleDetectionResult,
+    ScoreKind,
     SegmentationResult,
     SegmentLabel,
 )
@@ -43,21 +44,24 @@ def _ref(ds: object) -> ImageReference:
     findings=st.lists(st.tuples(labels, unit, unit), min_size=1, max_size=6, unique_by=lambda t: t[0]),
     version=versions,
     profile=PROFILES,
+    score_kind=st.sampled_from(list(ScoreKind)),
 )
 def test_classification_round_trip(
-    findings: list[tuple[str, float, float]], version: str, profile: ReportProfile
+    findings: list[tuple[str, float, float]], version: str, profile: ReportProfile, score_kind: ScoreKind
 ) -> None:
     image = cxr()
     result = ClassificationResult(
         model=ModelInfo("txrv-densenet121-res224-all", version),
         source=_ref(image),
         findings=tuple(ClassificationFinding(label, p, t) for label, p, t in findings),
+        score_kind=score_kind,
     )
     (sr,) = write_results(result, [image], profile)
     read = read_classification(reread(sr))
-    assert [(f.label, f.probability, f.threshold, f.positive) for f in read] == [
-        (f.label, f.probability, f.threshold, f.positive) for f in result.findings
+    assert [(f.label, f.score, f.threshold, f.positive) for f in read] == [
+        (f.label, f.score, f.threshold, f.positive) for f in result.findings
     ]
+    assert {f.score_kind for f in read} == {score_kind}
     assert {f.source_sop_instance_uid for f in read} == {str(image.SOPInstanceUID)}
 
 

@@ -16,9 +16,9 @@ from dicom_node.reports import (
     ReportProfile,
     write_results,
 )
-from pipelines.findings import Findings
+from pipelines.findings import Findings, ScoreKind
 
-from .conftest import classification_result, nodule_result, vertebra_result
+from .conftest import classification_result, nodule_result, untrained, vertebra_result
 from .data import ct_series, cxr
 from .tools import dciodvfy_errors, run_dcmtk
 
@@ -36,6 +36,9 @@ def _cases() -> list[tuple[str, Findings, list[pydicom.Dataset]]]:
         ("cxr", classification_result(), [cxr()]),
         ("nodules", nodule_result(), list(ct_series())),
         ("vertebrae", vertebra_result(), list(ct_series())),
+        # Untrained weights (the notice in SR, SEG and companion) and a calibrated score.
+        ("cxr-untrained", untrained(classification_result(ScoreKind.CALIBRATED)), [cxr()]),
+        ("vertebrae-untrained", untrained(vertebra_result()), list(ct_series())),
     ]
 
 
