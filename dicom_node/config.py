@@ -176,7 +176,7 @@ class Settings:
     quiet_period: float = 30.0
     series_quiet_period: float = 10.0
     max_study_age: float = 6 * 3600.0
-    max_pdu: int = 0
+    max_pdu: int = 1024**2
     max_instance_bytes: int = 4 * 1024**3
     max_associations: int = 16
     shutdown_grace: float = 30.0
