@@ -114,6 +114,7 @@ def write_large_ct(
     study_uid: str | None = None,
     series_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    frame_uid: str | None = None,
     description: str = "Generated large CT",
 ) -> Path:
     """One CT instance with about ``pixel_bytes`` of Pixel Data, written without holding it in memory.
@@ -129,7 +130,7 @@ def write_large_ct(
         0,
         study_uid=study_uid or generate_uid(),
         series_uid=series_uid or generate_uid(),
-        frame_uid=generate_uid(),
+        frame_uid=frame_uid or generate_uid(),
         rows=2,
         columns=2,
     )
