@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
-from dicom_node.errors import InstanceTooLargeError, UnreadableDatasetError
+from dicom_node.errors import IngestError, InstanceTooLargeError, UnreadableDatasetError
 from dicom_node.storage.attributes import LAST_INDEXED_TAG, ReceivedInstance, describe_instance
 from dicom_node.storage.integrity import check_complete
 from dicom_node.storage.store import InstanceStore, StoredFile, storage_error
@@ -53,6 +53,7 @@ class IncomingFile:
         self.limit = limit
         self.too_large = False
         self.error: OSError | None = None
+        self.refusal: IngestError | None = None
         self._digest = hashlib.sha256()
         self._fd: int | None = None
         self._lock = threading.Lock()
@@ -64,9 +65,9 @@ class IncomingFile:
             self._write_all(header)
         except OSError as error:
             self._fail(error)
-        except Exception as error:  # StorageFullError from check_space
-            self.error = OSError(28, str(error))
-            self._close()
+        except IngestError as error:  # less than min_free_bytes left: nothing written
+            self.refusal = error
+            self._fail(None)
 
     # --- the file object pynetdicom's DIMSE decoder writes to ------------------------------------
     @property
@@ -124,6 +125,8 @@ class IncomingFile:
             raise InstanceTooLargeError(
                 f"instance of {self.dataset_size} bytes exceeds max_instance_bytes {self.limit}"
             )
+        if self.refusal is not None:
+            raise self.refusal
         if self.error is not None:
             raise storage_error(self.error, "write")
         assert self._fd is not None
@@ -151,7 +154,7 @@ class IncomingFile:
             written = os.write(self._fd, view)
             view = view[written:]
 
-    def _fail(self, error: OSError) -> None:
+    def _fail(self, error: OSError | None) -> None:
         self.error = error
         self._close()
         self.path.unlink(missing_ok=True)

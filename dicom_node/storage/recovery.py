@@ -21,7 +21,7 @@ refuses to start rather than unindex every instance.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -182,8 +182,15 @@ def recover(ingest: Ingest, audit: AuditTrail) -> RecoveryReport:
             LOG.error("moved unreadable file %s to quarantine: %s", relative, error)
     restored, missing = _repair_missing(ingest, on_disk)
     stale = audit.close_stale()
-    report = RecoveryReport(removed, orphans_indexed, quarantined, missing, stale)
-    report = replace(report, replacements_rolled_back=rolled_back, files_restored=restored)
+    report = RecoveryReport(
+        temporary_files_removed=removed,
+        orphan_files_indexed=orphans_indexed,
+        orphan_files_quarantined=quarantined,
+        missing_files_unindexed=missing,
+        stale_associations_closed=stale,
+        replacements_rolled_back=rolled_back,
+        files_restored=restored,
+    )
     if any(vars(report).values()):
         LOG.warning("recovery: %s", report)
     return report

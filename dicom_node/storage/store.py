@@ -318,9 +318,3 @@ class InstanceStore:
                 f"storage is full: {free // 2**20} MiB free, "
                 f"keeping at least {self.min_free_bytes // 2**20} MiB"
             )
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file's bytes."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
