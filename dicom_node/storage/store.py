@@ -22,6 +22,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -34,6 +35,7 @@ from pydicom.uid import RE_VALID_UID
 
 from dicom_node.errors import InvalidIdentifierError, StorageFullError, StorageWriteError
 
+LOG = logging.getLogger(__name__)
 UID_MAX_LENGTH = 64
 TMP_DIR = ".tmp"
 SUPERSEDED_DIR = ".superseded"
@@ -283,9 +285,17 @@ class InstanceStore:
 
     def dead_intents(self) -> Iterator[tuple[Path, Intent]]:
         """Intents left by this host's processes that died mid-replacement."""
-        for path, kind in self._leftovers():
-            if kind == INTENT:
-                yield path, Intent(**json.loads(path.read_text()))
+        for path, kind in list(self._leftovers()):
+            if kind != INTENT:
+                continue
+            try:
+                intent = Intent(**json.loads(path.read_text()))
+            except (ValueError, TypeError):
+                # Cut short before its fsync: the replacement it announces had not started.
+                LOG.warning("removing an incomplete intent record %s", path.name)
+                path.unlink(missing_ok=True)
+                continue
+            yield path, intent
 
     def clean_temporary(self) -> int:
         """Remove leftovers of writes interrupted by a crash (this host's dead processes only)."""

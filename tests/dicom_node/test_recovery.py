@@ -80,9 +80,11 @@ def test_recovery_removes_only_this_hosts_dead_temporary_files(tmp_path):
         "dead": f"{host}.{dead.pid}-1.{secrets.token_hex(8)}.part",
         # this host, a live pid that started at another time (pid reused): a leftover
         "reused": f"{host}.{os.getpid()}-1.{secrets.token_hex(8)}.part",
+        # an intent record cut short before its fsync (its replacement had not started): a leftover
+        "intent": f"{host}.{dead.pid}-1.{secrets.token_hex(8)}.intent",
     }
     for name in names.values():
-        (tmp / name).write_bytes(b"partial")
+        (tmp / name).write_bytes(b'{"sop_instance_uid": "1.2' if name.endswith(".intent") else b"partial")
     proc = start_serve(data_dir, free_port(), tmp_path / "serve.log")
     stop_serve(proc)
     left = {p.name for p in tmp.iterdir()}
