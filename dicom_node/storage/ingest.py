@@ -207,20 +207,20 @@ class Ingest:
             # rolled back by recovery from the intent (storage/recovery.py).
             intent: Path | None = None
             kept: Path | None = None
-            if on_disk and existing is not None:
-                kept = self.store.kept_path(existing.path, existing.sha256)
-                intent = self.store.write_intent(
-                    Intent(
-                        sop_instance_uid=received.sop_instance_uid,
-                        old_path=existing.path,
-                        old_sha256=existing.sha256,
-                        new_path=relative,
-                        new_sha256=written.sha256,
-                        kept=str(kept.relative_to(self.store.root)),
-                    )
-                )
-                self.store.keep_copy(existing.path, existing.sha256)
             try:
+                if on_disk and existing is not None:
+                    kept = self.store.kept_path(existing.path, existing.sha256)
+                    intent = self.store.write_intent(
+                        Intent(
+                            sop_instance_uid=received.sop_instance_uid,
+                            old_path=existing.path,
+                            old_sha256=existing.sha256,
+                            new_path=relative,
+                            new_sha256=written.sha256,
+                            kept=str(kept.relative_to(self.store.root)),
+                        )
+                    )
+                    self.store.keep_copy(existing.path, existing.sha256)
                 if tmp_path is not None:
                     self.store.commit(tmp_path, relative)
                 outcome = self._index(
@@ -258,7 +258,7 @@ class Ingest:
             return  # indexing a file in place moved nothing
         if not tmp_path.exists() and final.exists():  # the rename happened
             final.replace(tmp_path)
-        if kept is not None and old_path is not None:
+        if kept is not None and old_path is not None and kept.exists():
             self.store.restore(kept, old_path)
 
     def _index(
