@@ -122,9 +122,8 @@ class IncomingFile:
     def finish(self) -> StoredFile:
         """fsync and close the complete file; raise the ``IngestError`` for anything that went wrong."""
         if self.too_large:
-            raise InstanceTooLargeError(
-                f"instance of {self.dataset_size} bytes exceeds max_instance_bytes {self.limit}"
-            )
+            # Kept short: an Error Comment holds 64 characters.
+            raise InstanceTooLargeError(f"{self.dataset_size} bytes exceed max_instance_bytes ({self.limit})")
         if self.refusal is not None:
             raise self.refusal
         if self.error is not None:

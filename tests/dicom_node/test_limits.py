@@ -58,7 +58,7 @@ def test_instance_over_max_instance_bytes_is_refused(make_settings, run_node, tm
         _config.STORE_SEND_CHUNKED_DATASET = False
         assoc.release()
     assert refused.Status == 0xA700, hex(refused.Status)
-    assert "exceeds max_instance_bytes 8388608" in str(refused.ErrorComment)
+    assert str(refused.ErrorComment).endswith("bytes exceed max_instance_bytes (8388608)")
     assert stored.Status == 0x0000  # the same association goes on
     assert list(node.store.tmp.iterdir()) == []
     with node.database.sessions() as session:
