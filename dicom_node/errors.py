@@ -6,7 +6,12 @@
     │   ├── InvalidIdentifierError  a missing or malformed Study/Series/SOP Instance UID (0xA900)
     │   ├── UnreadableDatasetError  the data set cannot be decoded (0xC210)
     │   ├── ConflictingInstanceError a re-sent SOP Instance UID with other content (0xA900 family)
-    │   └── StorageFullError        no space left on the storage root (0xA700)
+    │   ├── StorageFullError        no space left on the storage root (0xA700)
+    │   ├── StorageWriteError       the store's disk failed a write, fsync or rename (0xA700)
+    │   ├── IndexUnavailableError   the index (or the audit trail) cannot be written (0xA700)
+    │   ├── InstanceTooLargeError   the data set is larger than ``max_instance_bytes`` (0xA700)
+    │   └── NotAdmittedError        C-STORE on an association the access check did not admit (0x0124)
+    ├── StoreMissingError           the index holds instances but the store root is missing or empty
     ├── TransientJobError           a job that may succeed on retry (database or storage briefly away)
     ├── TransientSendError          a delivery that may succeed later (peer down, timeout)
     └── PermanentSendError          a delivery that will never succeed as it is
@@ -59,6 +64,34 @@ class StorageFullError(IngestError):
     """The storage root has no space left."""
 
     status = 0xA700
+
+
+class StorageWriteError(IngestError):
+    """The store's file system failed a write, fsync or rename (EIO and the like)."""
+
+    status = 0xA700
+
+
+class IndexUnavailableError(IngestError):
+    """The index or the audit trail could not be written; nothing was acknowledged."""
+
+    status = 0xA700
+
+
+class InstanceTooLargeError(IngestError):
+    """The received data set is larger than ``max_instance_bytes``."""
+
+    status = 0xA700
+
+
+class NotAdmittedError(IngestError):
+    """A C-STORE arrived on an association the access check never admitted (Refused: Not Authorized)."""
+
+    status = 0x0124
+
+
+class StoreMissingError(DicomNodeError):
+    """The index holds instances but the store root is missing or empty (a file system not mounted)."""
 
 
 class TransientJobError(DicomNodeError):

@@ -16,7 +16,7 @@ from dicom_node.jobs.embedded import EmbeddedWorkers
 from dicom_node.jobs.reconciler import ReconcilerThread
 from dicom_node.ops.metrics import MetricsServer
 from dicom_node.storage.ingest import Ingest
-from dicom_node.storage.recovery import RecoveryReport, recover
+from dicom_node.storage.recovery import RecoveryReport, check_store_present, recover
 from dicom_node.storage.store import InstanceStore
 from dicom_node.workflow.assembly import CompletedStudy, assemble
 
@@ -50,6 +50,7 @@ class Node:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.database = Database(settings.effective_database_url)
         self.database.upgrade()
+        check_store_present(settings.storage_root, self.database)  # before anything creates it
         self.store = InstanceStore(settings.storage_root, min_free_bytes=settings.min_free_bytes)
         self.ingest = Ingest(self.store, self.database)
         self.edge = EdgeServer(settings, self.ingest)

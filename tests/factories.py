@@ -107,6 +107,49 @@ def write_ct_series(
     return paths
 
 
+def write_large_ct(
+    path: Path,
+    pixel_bytes: int,
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    frame_uid: str | None = None,
+    description: str = "Generated large CT",
+) -> Path:
+    """One CT instance with about ``pixel_bytes`` of Pixel Data, written without holding it in memory.
+
+    The pixel values are zeros, written as a sparse region of the file, so a 200 MB instance takes
+    no time and almost no disk to make (a reader still gets every byte).
+    """
+    from io import BytesIO
+
+    side = int((pixel_bytes // 2) ** 0.5)
+    uid = sop_instance_uid or generate_uid()
+    ds = ct_slice(
+        0,
+        study_uid=study_uid or generate_uid(),
+        series_uid=series_uid or generate_uid(),
+        frame_uid=frame_uid or generate_uid(),
+        rows=2,
+        columns=2,
+    )
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.Rows = ds.Columns = side
+    ds.SeriesDescription = description
+    ds.ImagePositionPatient = [0, 0, 0]
+    del ds.PixelData
+    header = BytesIO()
+    ds.save_as(header, enforce_file_format=True)
+    length = side * side * 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.write(header.getvalue())
+        handle.write(b"\xe0\x7f\x10\x00OW\x00\x00" + length.to_bytes(4, "little"))
+        handle.truncate(handle.tell() + length)
+    return path
+
+
 def dataset_bytes(path: Path) -> bytes:
     """The encoded data set of a DICOM file, without preamble and file meta information."""
     data = path.read_bytes()

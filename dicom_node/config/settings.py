@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     quiet_period: Seconds = 30.0
     series_quiet_period: Seconds = 10.0
     max_study_age: Seconds = 6 * 3600.0
-    max_pdu: Count = 0
+    max_pdu: Count = 1024**2
     max_instance_bytes: Count = 4 * 1024**3
     max_associations: PositiveCount = 16
     shutdown_grace: Seconds = 30.0

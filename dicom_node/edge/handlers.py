@@ -1,8 +1,17 @@
 """pynetdicom event handlers: association checks, C-ECHO, C-STORE, audit bookkeeping.
 
-The C-STORE response waits for ``handle_store`` to return, so the handler only validates identifiers,
-writes the bytes as received and indexes them; it never decodes pixels. Known failures become DIMSE
-statuses with an error comment; anything unexpected propagates and pynetdicom answers 0xC211.
+Access fails closed. ``handle_requested`` decides first and refuses on anything but a clear "yes": a
+policy miss, and also any exception while deciding (pynetdicom would log an exception in this handler
+and accept the association). The audit row is written after the A-ASSOCIATE-RJ has gone out, so a
+failing audit write (SQLite locked, PostgreSQL down, disk full) can never let anyone in. An admitted
+association is marked as such, and ``handle_store`` stores nothing on an association without that
+mark, nor on one whose audit row could not be written.
+
+The C-STORE response waits for ``handle_store`` to return. The data set is already on disk in the
+store's temporary folder (``edge/receive.py`` streams it there as it arrives); the handler checks its
+structure, parses it once without pixel data, validates identifiers and commits it. Known failures
+become DIMSE statuses with an error comment; anything unexpected propagates and pynetdicom answers
+0xC211.
 """
 
 from __future__ import annotations
@@ -12,7 +21,6 @@ import socket
 import threading
 import weakref
 from dataclasses import dataclass, field
-from io import BytesIO
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -21,13 +29,19 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.config import AccessPolicy
-from dicom_node.errors import IngestError, UnreadableDatasetError
+from dicom_node.edge.receive import StreamingDimse
+from dicom_node.errors import (
+    IndexUnavailableError,
+    IngestError,
+    InvalidIdentifierError,
+    NotAdmittedError,
+    UnreadableDatasetError,
+)
 from dicom_node.index.audit import AuditTrail
 from dicom_node.index.models import AssociationOutcome
 from dicom_node.ops.metrics import REFUSED_ASSOCIATIONS, REFUSED_INSTANCES
-from dicom_node.storage.ingest import Ingest, describe_instance
-from dicom_node.storage.integrity import check_complete
-from dicom_node.storage.part10 import PREAMBLE, file_meta
+from dicom_node.storage.incoming import IncomingFile, read_received
+from dicom_node.storage.ingest import Ingest, StoreResult
 
 LOG = logging.getLogger(__name__)
 
@@ -37,6 +51,8 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_NO_REASON = (0x01, 0x01, 0x01)
 REJECT_BUSY = (0x02, 0x03, 0x02)
+# rejected-transient, service user, no reason given: the node could not decide (try again later)
+REJECT_TRANSIENT = (0x02, 0x01, 0x01)
 ERROR_COMMENT_MAX = 64
 REFUSAL_METRIC_REASONS = {
     REJECT_NO_REASON: "address",
@@ -65,6 +81,13 @@ def _peer(assoc: Association) -> tuple[str, int]:
 
 
 @dataclass
+class _Admission:
+    """An association the access check admitted; ``record_id`` once its audit row is written."""
+
+    record_id: int | None = None
+
+
+@dataclass
 class EdgeHandlers:
     """The node's handlers, bound to one ``Ingest`` and one audit trail."""
 
@@ -73,13 +96,17 @@ class EdgeHandlers:
     ingest: Ingest
     audit: AuditTrail
     tls: bool = False
-    _records: weakref.WeakKeyDictionary[Association, int] = field(default_factory=weakref.WeakKeyDictionary)
+    max_instance_bytes: int = 0
+    _admitted: weakref.WeakKeyDictionary[Association, _Admission] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
     _in_flight: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
     def bindings(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_CONN_OPEN, self.handle_conn_open),
+            (evt.EVT_CONN_CLOSE, self.handle_conn_close),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_RELEASED, self.handle_released),
@@ -98,6 +125,11 @@ class EdgeHandlers:
             except OSError:
                 LOG.debug("could not set TCP_NODELAY", exc_info=True)
 
+    def handle_conn_close(self, event: evt.Event) -> None:
+        dimse = event.assoc.dimse
+        if isinstance(dimse, StreamingDimse):
+            dimse.abandon_files()
+
     def refusal_reason(
         self, calling_ae: str, called_ae: str, address: str
     ) -> tuple[tuple[int, ...], str] | None:
@@ -112,14 +144,23 @@ class EdgeHandlers:
 
     def handle_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        primitive = assoc.requestor.primitive
-        calling = str(primitive.calling_ae_title).strip() if primitive is not None else ""
-        called = str(primitive.called_ae_title).strip() if primitive is not None else ""
-        address, port = _peer(assoc)
-        refusal = self.refusal_reason(calling, called, address)
-        if refusal is None:
-            return
+        calling = called = address = ""
+        port = 0
+        try:
+            primitive = assoc.requestor.primitive
+            calling = str(primitive.calling_ae_title).strip() if primitive is not None else ""
+            called = str(primitive.called_ae_title).strip() if primitive is not None else ""
+            address, port = _peer(assoc)
+            refusal = self.refusal_reason(calling, called, address)
+            if refusal is None:
+                assoc.dimse = StreamingDimse(assoc, self._open_incoming)
+                self._admitted[assoc] = _Admission()
+                return
+        except Exception as error:  # whatever went wrong, the answer is no
+            LOG.exception("access check failed; refusing the association")
+            refusal = REJECT_TRANSIENT, f"the access check failed: {type(error).__name__}"
         (result, source, reason), text = refusal
+        self._reject(assoc, result, source, reason)
         REFUSED_ASSOCIATIONS.labels(
             reason=REFUSAL_METRIC_REASONS.get((result, source, reason), "other")
         ).inc()
@@ -131,22 +172,36 @@ class EdgeHandlers:
             text,
             extra={"calling_ae": calling, "called_ae": called, "peer_address": address, "reason": text},
         )
-        self.audit.opened(
-            calling_ae=calling,
-            called_ae=called,
-            address=address,
-            port=port,
-            tls=self.tls,
-            outcome=AssociationOutcome.REJECTED,
-            reason=text,
-        )
-        assoc.acse.send_reject(result, source, reason)
-        # As pynetdicom's own rejection does: wait for the DUL to send the A-ASSOCIATE-RJ and reach
-        # Sta1 before the association thread closes the socket.
-        assoc.kill()
+        try:
+            self.audit.opened(
+                calling_ae=calling,
+                called_ae=called,
+                address=address,
+                port=port,
+                tls=self.tls,
+                outcome=AssociationOutcome.REJECTED,
+                reason=text,
+            )
+        except Exception:
+            LOG.exception("could not write the audit row of a refused association (it stays refused)")
 
-    def handle_accepted(self, event: evt.Event) -> None:
-        assoc = event.assoc
+    def _reject(self, assoc: Association, result: int, source: int, reason: int) -> None:
+        """Send the A-ASSOCIATE-RJ; if even that fails, abort: never fall through to accepting."""
+        try:
+            assoc.acse.send_reject(result, source, reason)
+            # As pynetdicom's own rejection does: wait for the DUL to send the A-ASSOCIATE-RJ and
+            # reach Sta1 before the association thread closes the socket.
+            assoc.kill()
+        except Exception:
+            LOG.exception("could not send A-ASSOCIATE-RJ; aborting the association")
+            assoc.is_aborted = True  # pynetdicom negotiates only if neither rejected nor aborted
+            try:
+                assoc.abort()
+            except Exception:
+                LOG.exception("could not abort the association")
+                assoc.kill()
+
+    def _open_audit_row(self, assoc: Association, admission: _Admission) -> int:
         address, port = _peer(assoc)
         record_id = self.audit.opened(
             calling_ae=assoc.requestor.ae_title.strip(),
@@ -155,7 +210,23 @@ class EdgeHandlers:
             port=port,
             tls=self.tls,
         )
-        self._records[assoc] = record_id
+        admission.record_id = record_id
+        return record_id
+
+    def handle_accepted(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        admission = self._admitted.get(assoc)
+        if admission is None:  # cannot happen: pynetdicom accepts only what handle_requested let by
+            LOG.error("association accepted without admission; aborting it")
+            assoc.abort()
+            return
+        try:
+            record_id = self._open_audit_row(assoc, admission)
+        except Exception:
+            # Its C-STOREs try again, and are refused while the audit trail cannot be written.
+            LOG.exception("could not write the audit row of an accepted association")
+            return
+        address, port = _peer(assoc)
         calling = assoc.requestor.ae_title.strip()
         LOG.info(
             "association %d accepted from %s@%s:%d",
@@ -167,9 +238,13 @@ class EdgeHandlers:
         )
 
     def _close(self, assoc: Association, outcome: AssociationOutcome) -> None:
-        record_id = self._records.pop(assoc, None)
+        admission = self._admitted.pop(assoc, None)
+        record_id = admission.record_id if admission is not None else None
         if record_id is not None:
-            self.audit.closed(record_id, outcome)
+            try:
+                self.audit.closed(record_id, outcome)
+            except Exception:
+                LOG.exception("could not close the audit row of association %d", record_id)
             LOG.info(
                 "association %d %s",
                 record_id,
@@ -197,35 +272,29 @@ class EdgeHandlers:
                 self._in_flight -= 1
                 self._cond.notify_all()
 
+    def _open_incoming(self, header: bytes) -> IncomingFile:
+        return IncomingFile(self.ingest.store, header, limit=self.max_instance_bytes)
+
     def _store(self, event: evt.Event) -> Dataset | int:
-        record_id = self._records.get(event.assoc)
         request = event.request
         assert isinstance(request, C_STORE)
+        incoming = getattr(request, "_dataset_file", None)
+        if not isinstance(incoming, IncomingFile) or not incoming.claim():
+            incoming = None
+        admission = self._admitted.get(event.assoc)
+        record_id = admission.record_id if admission is not None else None
         try:
-            syntax = event.context.transfer_syntax
-            dataset_stream = request.DataSet
-            assert isinstance(dataset_stream, BytesIO)
-            with dataset_stream.getbuffer() as raw:
-                if syntax.is_little_endian and not syntax.is_deflated:
-                    check_complete(raw, implicit_vr=syntax.is_implicit_VR)
+            if admission is None:
+                raise NotAdmittedError("association was not admitted by the access check")
+            if record_id is None:
                 try:
-                    ds = event.dataset
-                except Exception as error:  # truncated or corrupt stream
-                    raise UnreadableDatasetError(f"cannot decode data set: {error}") from error
-                received = describe_instance(
-                    ds,
-                    transfer_syntax_uid=str(syntax),
-                    requested_sop_class_uid=str(request.AffectedSOPClassUID or ""),
-                    requested_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
-                )
-                calling = event.assoc.requestor.ae_title.strip()
-                meta = file_meta(received.sop_class_uid, received.sop_instance_uid, str(syntax), calling)
-                result = self.ingest.store_encoded(
-                    received,
-                    [PREAMBLE, meta, raw],
-                    calling_ae_title=calling,
-                    association_id=record_id,
-                )
+                    record_id = self._open_audit_row(event.assoc, admission)
+                except Exception as error:
+                    LOG.exception("audit trail unavailable: refusing the instance")
+                    raise IndexUnavailableError("audit trail unavailable: instance not accepted") from error
+            if incoming is None:
+                raise UnreadableDatasetError("no data set was received with the C-STORE request")
+            result = self._keep(event, request, incoming, record_id)
         except IngestError as error:
             if record_id is not None:
                 self.audit.refused(record_id)
@@ -243,9 +312,33 @@ class EdgeHandlers:
             # pynetdicom logs it and answers 0xC211 (refused: cannot understand).
             REFUSED_INSTANCES.labels(status="0xC211", reason="unexpected").inc()
             raise
-        if record_id is not None:
-            self.audit.accepted(record_id, result.size)
+        finally:
+            if incoming is not None:
+                incoming.discard()  # nothing left to remove once it is committed
+        self.audit.accepted(record_id, result.size)
         return SUCCESS
+
+    def _keep(
+        self, event: evt.Event, request: C_STORE, incoming: IncomingFile, record_id: int
+    ) -> StoreResult:
+        written = incoming.finish()
+        requested_instance = str(request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
+        if not requested_instance:
+            raise InvalidIdentifierError("Affected SOP Instance UID is missing from the C-STORE request")
+        received = read_received(
+            incoming.path,
+            incoming.dataset_offset,
+            str(event.context.transfer_syntax),
+            requested_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            requested_sop_instance_uid=requested_instance,
+        )
+        return self.ingest.store_file(
+            received,
+            incoming.path,
+            written,
+            calling_ae_title=event.assoc.requestor.ae_title.strip(),
+            association_id=record_id,
+        )
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no C-STORE is being handled; False if ``timeout`` ran out first."""

@@ -26,6 +26,8 @@ LOG = logging.getLogger(__name__)
 def build_ae(settings: Settings) -> AE:
     """An AE that accepts C-ECHO and every storage SOP class in every transfer syntax pynetdicom knows."""
     ae = AE(ae_title=settings.ae_title)
+    # The largest PDU a peer may send us: what one association holds of an instance in memory at a
+    # time (data sets stream to disk, edge/receive.py). 0 would mean unlimited.
     ae.maximum_pdu_size = settings.max_pdu
     ae.maximum_associations = settings.max_associations
     ae.acse_timeout = settings.timeouts.acse
@@ -65,6 +67,7 @@ class EdgeServer:
             ingest=ingest,
             audit=AuditTrail(ingest.database),
             tls=settings.tls is not None,
+            max_instance_bytes=settings.max_instance_bytes,
         )
         self.server: ThreadedAssociationServer | None = None
 

@@ -3,7 +3,8 @@
 ``Ingest.store`` is what the C-STORE handler calls; it returns only after the file is fsynced and
 renamed into place and its index row is committed ("ack means durable"). Re-sent instances:
 
-* identical bytes (same sha256 of the encoded data set as received) → success, still one instance;
+* identical bytes (same sha256 of the encoded data set as received, whichever AE sent it: the file
+  meta, which names the sender, is not part of the hash) → success, still one instance, no new version;
 * different bytes under the same SOP Instance UID → the newer content wins (a modality or PACS that
   re-sends a corrected instance expects that), the earlier file is kept under ``.superseded/`` and the
   instance's ``version`` goes up, so nothing received is ever lost and the study re-opens as
@@ -12,6 +13,7 @@ renamed into place and its index row is committed ("ack means durable"). Re-sent
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -21,12 +23,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
 from sqlalchemy import Connection, Row, bindparam, insert, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from dicom_node.errors import InvalidIdentifierError, UnreadableDatasetError
+from dicom_node.errors import IndexUnavailableError, InvalidIdentifierError
 from dicom_node.index.database import Database
 from dicom_node.index.leases import LeaseLostError
 from dicom_node.index.models import (
@@ -39,7 +39,11 @@ from dicom_node.index.models import (
     utcnow,
 )
 from dicom_node.ops.metrics import RECEIVED_INSTANCES
-from dicom_node.storage.store import InstanceStore, StoredFile, validate_uid
+from dicom_node.storage.attributes import ReceivedInstance, describe_instance
+from dicom_node.storage.part10 import META_READ, dataset_offset, dataset_sha256
+from dicom_node.storage.store import InstanceStore, Intent, StoredFile, storage_error
+
+__all__ = ["Ingest", "ReceivedInstance", "StoreOutcome", "StoreResult", "describe_instance"]
 
 LOG = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ _TIME = UtcDateTime()
 _SELECT_INSTANCE = text(
     "SELECT id, sha256, path, size, series_id FROM instance WHERE sop_instance_uid = :uid"
 )
+_UPDATE_SHA256 = text("UPDATE instance SET sha256 = :sha256 WHERE id = :id")
 _SELECT_STUDY = text("SELECT id, modalities FROM study WHERE study_instance_uid = :uid")
 _SELECT_SERIES = text("SELECT id, study_id FROM series WHERE series_instance_uid = :uid")
 _INSERT_INSTANCE = text(
@@ -85,157 +90,6 @@ class InstanceSource(StrEnum):
     RESULT = "result"
 
 
-def _raw_value(ds: Dataset, keyword: str) -> str | None:
-    """A text value exactly as received, without pydicom's conversion.
-
-    Conversion validates (and warns about) every value and dominates the handler's time; the index only
-    needs the text. Non-ASCII bytes fall back to pydicom, which decodes them with the data set's
-    Specific Character Set. Multiple values stay joined by backslashes, as encoded.
-    """
-    tag = tag_for_keyword(keyword)
-    if tag is None or tag not in ds:
-        return None
-    element = ds.get_item(tag)
-    value = element.value if element is not None else None
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        try:
-            return value.decode("ascii").rstrip("\x00 ")
-        except UnicodeDecodeError:
-            value = ds.get(keyword)
-    if isinstance(value, list | tuple) or (hasattr(value, "__iter__") and not isinstance(value, str)):
-        return "\\".join(str(v) for v in value)
-    return str(value).rstrip("\x00 ")
-
-
-def _raw_uid(ds: Dataset, keyword: str) -> str | None:
-    """A UI value as received: validation is ``validate_uid``'s job, not a warnings filter's."""
-    return _raw_value(ds, keyword)
-
-
-def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
-    text = _raw_value(ds, keyword)
-    return text[:limit].strip() or None if text else None
-
-
-def _numbers(ds: Dataset, keyword: str) -> list[float] | None:
-    text = _raw_value(ds, keyword)
-    if not text:
-        return None
-    try:
-        return [float(part) for part in text.split("\\")]
-    except ValueError:
-        return None
-
-
-def _integer(ds: Dataset, keyword: str) -> int | None:
-    value = _number(ds, keyword)
-    return int(value) if value is not None else None
-
-
-def _number(ds: Dataset, keyword: str) -> float | None:
-    values = _numbers(ds, keyword)
-    return values[0] if values else None
-
-
-def orientation_of(ds: Dataset) -> str | None:
-    """axial / coronal / sagittal / oblique from Image Orientation (Patient), if present."""
-    iop = _numbers(ds, "ImageOrientationPatient")
-    if iop is None or len(iop) != 6:
-        return None
-    r, c = iop[:3], iop[3:]
-    normal = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
-    axis = max(range(3), key=lambda i: abs(normal[i]))
-    if abs(normal[axis]) < 0.8:
-        return "oblique"
-    return ("sagittal", "coronal", "axial")[axis]
-
-
-@dataclass(frozen=True)
-class ReceivedInstance:
-    """The identifiers and indexable attributes of one received data set.
-
-    ``produced_here`` marks the node's own result objects: they are stored and indexed like any
-    instance, but change none of their study's received facts (calling AE, modalities, counts, state).
-    """
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    instance_number: int | None
-    study: dict[str, Any]
-    series: dict[str, Any]
-    produced_here: bool = False
-
-
-def describe_instance(
-    ds: Dataset,
-    *,
-    transfer_syntax_uid: str,
-    requested_sop_class_uid: str | None = None,
-    requested_sop_instance_uid: str | None = None,
-) -> ReceivedInstance:
-    """Validate the identifiers of ``ds`` and pick the attributes the index keeps.
-
-    Raises ``InvalidIdentifierError`` naming the attribute, or ``UnreadableDatasetError`` when the
-    data set cannot be parsed (a truncated or corrupt stream).
-    """
-    try:
-        study_uid = validate_uid(_raw_uid(ds, "StudyInstanceUID"), "Study Instance UID (0020,000D)")
-        series_uid = validate_uid(_raw_uid(ds, "SeriesInstanceUID"), "Series Instance UID (0020,000E)")
-        sop_uid = validate_uid(_raw_uid(ds, "SOPInstanceUID"), "SOP Instance UID (0008,0018)")
-        sop_class = validate_uid(_raw_uid(ds, "SOPClassUID"), "SOP Class UID (0008,0016)")
-        if requested_sop_instance_uid and requested_sop_instance_uid.rstrip("\x00 ") != sop_uid:
-            raise InvalidIdentifierError(
-                "SOP Instance UID (0008,0018) in the data set differs from Affected SOP Instance UID"
-            )
-        if requested_sop_class_uid and requested_sop_class_uid.rstrip("\x00 ") != sop_class:
-            raise InvalidIdentifierError(
-                "SOP Class UID (0008,0016) in the data set differs from Affected SOP Class UID"
-            )
-        instance_number = _integer(ds, "InstanceNumber")
-        series_number = _integer(ds, "SeriesNumber")
-        study = {
-            "patient_id": _text(ds, "PatientID"),
-            "accession_number": _text(ds, "AccessionNumber"),
-            "study_date": _text(ds, "StudyDate", 8),
-            "study_time": _text(ds, "StudyTime", 16),
-            "study_description": _text(ds, "StudyDescription"),
-        }
-        series = {
-            "modality": _text(ds, "Modality", 16),
-            "body_part_examined": _text(ds, "BodyPartExamined"),
-            "series_description": _text(ds, "SeriesDescription"),
-            "series_number": series_number,
-            "series_date": _text(ds, "SeriesDate", 8),
-            "protocol_name": _text(ds, "ProtocolName"),
-            "image_type": _text(ds, "ImageType", 128),
-            "orientation": orientation_of(ds),
-            "view_position": _text(ds, "ViewPosition", 16),
-            "slice_thickness": _number(ds, "SliceThickness"),
-            "kvp": _number(ds, "KVP"),
-            "manufacturer": _text(ds, "Manufacturer"),
-            "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID"),
-        }
-    except InvalidIdentifierError:
-        raise
-    except Exception as error:  # pydicom raises many types on corrupt input
-        raise UnreadableDatasetError(f"the data set cannot be decoded: {error}") from error
-    return ReceivedInstance(
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        sop_instance_uid=sop_uid,
-        sop_class_uid=sop_class,
-        transfer_syntax_uid=transfer_syntax_uid,
-        instance_number=instance_number,
-        study=study,
-        series=series,
-    )
-
-
 @dataclass(frozen=True)
 class StoreResult:
     outcome: StoreOutcome
@@ -258,6 +112,7 @@ class Ingest:
         self.database = database
         # Rename + commit happen under one lock so two associations that deliver the same SOP
         # Instance UID at once cannot interleave; the slow part (write + fsync) runs outside it.
+        # Whichever commits second wins (docs/ingest.md, "Re-sent instances").
         self._lock = threading.Lock()
 
     def store_encoded(
@@ -269,40 +124,103 @@ class Ingest:
         association_id: int | None = None,
         guard: Callable[[Connection], bool] | None = None,
     ) -> StoreResult:
-        """Write ``encoded`` (a complete DICOM file, or its parts in order) and index it.
+        """Write ``encoded`` and index it: a complete DICOM file, or its parts in order with the data
+        set as the last part (the parts before it are the preamble and file meta).
 
         ``guard`` (the node's own results: ``LeaseHeartbeat.guard``) runs first in the transaction that
         renames the file into place and indexes it; when it returns ``False`` nothing is published and
         ``LeaseLostError`` is raised (the temporary file is discarded).
         """
-        relative = self.store.relative_path(
-            received.study_instance_uid, received.series_instance_uid, received.sop_instance_uid
+        if isinstance(encoded, bytes | bytearray | memoryview):
+            parts = [encoded]
+            offset = dataset_offset(memoryview(encoded)[:META_READ])
+        else:
+            parts = list(encoded)
+            offset = sum(len(part) for part in parts[:-1])
+        tmp_path, written = self.store.write_temporary(parts, dataset_offset=offset)
+        return self.store_file(
+            received,
+            tmp_path,
+            written,
+            calling_ae_title=calling_ae_title,
+            association_id=association_id,
+            guard=guard,
         )
-        parts = [encoded] if isinstance(encoded, bytes | bytearray | memoryview) else list(encoded)
-        tmp_path, written = self.store.write_temporary(parts)
+
+    def store_file(
+        self,
+        received: ReceivedInstance,
+        tmp_path: Path,
+        written: StoredFile,
+        *,
+        calling_ae_title: str | None = None,
+        association_id: int | None = None,
+        guard: Callable[[Connection], bool] | None = None,
+    ) -> StoreResult:
+        """Commit a complete, fsynced temporary file and index it; the file is the caller's no more."""
         try:
-            with self._lock:
-                for attempt in range(3):
-                    try:
-                        return _counted(
-                            self._commit(
-                                received, relative, tmp_path, written, calling_ae_title, association_id, guard
-                            ),
-                            received,
-                        )
-                    except IntegrityError:
-                        # Another process inserted the same study/series/instance first; retry.
-                        if attempt == 2:
-                            raise
-                raise AssertionError("unreachable")
+            relative = self.store.relative_path(
+                received.study_instance_uid, received.series_instance_uid, received.sop_instance_uid
+            )
+            return self._commit_locked(
+                received, relative, tmp_path, written, calling_ae_title, association_id, guard
+            )
         finally:
             self.store.discard(tmp_path)
+
+    def index_in_place(self, received: ReceivedInstance, relative: str, written: StoredFile) -> StoreResult:
+        """Index a complete file that already lies at ``relative`` (recovery of a lost commit)."""
+        return self._commit_locked(received, relative, None, written, None, None)
+
+    def _commit_locked(
+        self,
+        received: ReceivedInstance,
+        relative: str,
+        tmp_path: Path | None,
+        written: StoredFile,
+        calling_ae_title: str | None,
+        association_id: int | None,
+        guard: Callable[[Connection], bool] | None = None,
+    ) -> StoreResult:
+        with self._lock:
+            for attempt in range(3):
+                try:
+                    return _counted(
+                        self._commit(
+                            received, relative, tmp_path, written, calling_ae_title, association_id, guard
+                        ),
+                        received,
+                    )
+                except IntegrityError:
+                    # Another process inserted the same study/series/instance first; retry.
+                    if attempt == 2:
+                        raise IndexUnavailableError("index conflict: retried 3 times") from None
+                except DBAPIError as error:  # SQLite locked past its timeout, PostgreSQL away, ...
+                    raise IndexUnavailableError(f"index unavailable: {error.orig}") from error
+                except OSError as error:
+                    raise storage_error(error, "commit") from error
+            raise AssertionError("unreachable")
+
+    def _same_content(self, conn: Connection, existing: Row[Any], written: StoredFile) -> bool:
+        """Is the stored file's data set the one just written? Compares the data set, never the meta.
+
+        Rows written before hashes covered only the data set hold the sha256 of the whole file; for
+        those (and for real changes) the stored file's data set is hashed once, and an identical one
+        gets its row's hash brought up to date.
+        """
+        if existing.sha256 == written.sha256:
+            return True
+        if dataset_sha256(self.store.path(existing.path)) != written.sha256:
+            return False
+        conn.execute(_UPDATE_SHA256, {"sha256": written.sha256, "id": existing.id})
+        conn.commit()
+        return True
 
     def _commit(
         self,
         received: ReceivedInstance,
         relative: str,
-        tmp_path: Path,
+        tmp_path: Path | None,
         written: StoredFile,
         calling_ae_title: str | None,
         association_id: int | None,
@@ -311,30 +229,51 @@ class Ingest:
         # SQLAlchemy Core rather than the ORM here: this runs once per received instance, under the
         # write lock, and five plain statements cost a fraction of the ORM's unit of work.
         now = utcnow()
+        final = self.store.path(relative)
         with self.database.engine.connect() as conn:
             if guard is not None and not guard(conn):
                 conn.rollback()
                 raise LeaseLostError(f"not publishing {received.sop_instance_uid}: the claim was lost")
             existing = conn.execute(_SELECT_INSTANCE, {"uid": received.sop_instance_uid}).first()
             on_disk = existing is not None and self.store.path(existing.path).exists()
-            if on_disk and existing is not None and existing.sha256 == written.sha256:
+            if on_disk and existing is not None and self._same_content(conn, existing, written):
                 return StoreResult(StoreOutcome.DUPLICATE, received.sop_instance_uid, written.size)
-            superseded: Path | None = None
-            if on_disk and existing is not None:
-                superseded = self.store.supersede(existing.path, existing.sha256)
-            final = self.store.commit(tmp_path, relative)
+            # A replacement: first an intent record, then the current file linked under .superseded,
+            # then the new file renamed over it, then the commit. A crash anywhere in between is
+            # rolled back by recovery from the intent (storage/recovery.py).
+            intent: Path | None = None
+            kept: Path | None = None
             try:
+                if on_disk and existing is not None:
+                    kept = self.store.kept_path(existing.path, existing.sha256)
+                    intent = self.store.write_intent(
+                        Intent(
+                            sop_instance_uid=received.sop_instance_uid,
+                            old_path=existing.path,
+                            old_sha256=existing.sha256,
+                            new_path=relative,
+                            new_sha256=written.sha256,
+                            kept=str(kept.relative_to(self.store.root)),
+                        )
+                    )
+                    self.store.keep_copy(existing.path, existing.sha256)
+                if tmp_path is not None:
+                    self.store.commit(tmp_path, relative)
                 outcome = self._index(
                     conn, received, relative, written, existing, now, calling_ae_title, association_id
                 )
                 conn.commit()
             except BaseException:
-                conn.rollback()
-                if superseded is not None and existing is not None:
-                    superseded.replace(self.store.path(existing.path))
-                elif existing is None:
-                    final.unlink(missing_ok=True)
+                with contextlib.suppress(Exception):  # a connection that died cannot roll back
+                    conn.rollback()
+                self._undo(tmp_path, final, existing.path if existing is not None else None, kept)
+                if intent is not None:
+                    self.store.drop_intent(intent)
                 raise
+            if existing is not None and kept is not None and existing.path != relative:
+                self.store.path(existing.path).unlink(missing_ok=True)  # kept under .superseded
+            if intent is not None:
+                self.store.drop_intent(intent)
         level = logging.WARNING if outcome is StoreOutcome.REPLACED else logging.DEBUG
         LOG.log(
             level,
@@ -352,6 +291,19 @@ class Ingest:
             },
         )
         return StoreResult(outcome, received.sop_instance_uid, written.size)
+
+    def _undo(self, tmp_path: Path | None, final: Path, old_path: str | None, kept: Path | None) -> None:
+        """Put the files back as they were before a commit that failed (its row was rolled back).
+
+        The new file goes back to its temporary name (so a retry can commit it again; otherwise it is
+        discarded), and a replaced file comes back from its kept link.
+        """
+        if tmp_path is None:
+            return  # indexing a file in place moved nothing
+        if not tmp_path.exists() and final.exists():  # the rename happened
+            final.replace(tmp_path)
+        if kept is not None and old_path is not None and kept.exists():
+            self.store.restore(kept, old_path)
 
     def _index(
         self,

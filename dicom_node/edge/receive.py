@@ -1,0 +1,98 @@
+"""Receiving C-STORE data sets straight into the store: pynetdicom's DIMSE layer, streaming to disk.
+
+pynetdicom collects each data set in a ``BytesIO`` and ``event.dataset`` decodes a second copy, so an
+association holds a whole instance (twice) in memory. Its own chunked receive
+(``_config.STORE_RECV_CHUNKED_DATASET``) is a process-wide switch, writes to the system temporary
+folder (another file system than the store, so the file would be copied, not renamed) and cannot stop
+at a size limit. ``StreamingDimse`` uses the same hook as that switch, the request's data set file, but
+opens an ``IncomingFile`` in the store's own temporary folder for each C-STORE request: fragments go
+to disk as they arrive, with the File Meta Information (naming the calling AE) written first.
+
+The DIMSE provider is installed on an association when the access check admits it
+(``EdgeHandlers.handle_requested``), before the A-ASSOCIATE-AC goes out and so before any data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.pdu_primitives import P_DATA
+
+from dicom_node.storage.incoming import IncomingFile
+from dicom_node.storage.part10 import PREAMBLE, file_meta
+
+LOG = logging.getLogger(__name__)
+
+# The preamble and File Meta Information of a data set about to arrive → its file.
+Opener = Callable[[bytes], IncomingFile]
+
+
+def _text(value: object, limit: int) -> str:
+    # Received values go into the meta before they are validated (the instance is refused later if
+    # they are wrong); clamped to their VR's length, they always encode.
+    return str(value or "").rstrip("\x00 ")[:limit]
+
+
+class StreamingDimse(DIMSEServiceProvider):
+    """A DIMSE provider that writes each C-STORE request's data set to an ``IncomingFile``."""
+
+    def __init__(self, assoc: Association, open_file: Opener) -> None:
+        super().__init__(assoc)
+        self._open_file = open_file
+        self._syntaxes: dict[int, str] = {}
+        self._files: list[IncomingFile] = []
+        self._files_lock = threading.Lock()
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        # A P-DATA may carry the last command fragment and the first data fragment together; each PDV
+        # goes through on its own, so the file is in place before the first data byte is decoded.
+        values = primitive.presentation_data_value_list
+        if len(values) == 1:
+            self._receive_value(primitive)
+            return
+        for value in values:
+            single = P_DATA()
+            single.presentation_data_value_list = [value]
+            self._receive_value(single)
+
+    def _receive_value(self, primitive: P_DATA) -> None:
+        context_id, data = primitive.presentation_data_value_list[0]
+        message = self.message
+        # Control header bit 0 clear: a data set fragment (PS3.8 Annex E.2).
+        if not data[0] & 1 and isinstance(message, C_STORE_RQ) and message._data_set_file is None:
+            incoming = self._open(message, context_id)
+            message._data_set_file = incoming  # type: ignore[assignment]
+            message._data_set_path = incoming.path
+        super().receive_primitive(primitive)
+
+    def _open(self, message: C_STORE_RQ, context_id: int) -> IncomingFile:
+        command = message.command_set
+        header = PREAMBLE + file_meta(
+            _text(command.get("AffectedSOPClassUID"), 64),
+            _text(command.get("AffectedSOPInstanceUID"), 64),
+            self._transfer_syntax(context_id),
+            _text(self.assoc.requestor.ae_title, 16),
+        )
+        incoming = self._open_file(header)
+        with self._files_lock:
+            self._files = [f for f in self._files if not f.claimed] + [incoming]
+        return incoming
+
+    def _transfer_syntax(self, context_id: int) -> str:
+        if context_id not in self._syntaxes:
+            for context in self.assoc.accepted_contexts:
+                if context.context_id is not None and context.transfer_syntax:
+                    self._syntaxes[context.context_id] = str(context.transfer_syntax[0])
+        return self._syntaxes.get(context_id, "")
+
+    def abandon_files(self) -> None:
+        """The connection closed: remove the data set files that no C-STORE handler has taken."""
+        with self._files_lock:
+            files, self._files = self._files, []
+        for incoming in files:
+            incoming.abandon()
