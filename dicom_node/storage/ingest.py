@@ -19,14 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
-from sqlalchemy import Connection, Row, bindparam, insert, text, update
+from sqlalchemy import Connection, Float, Row, bindparam, insert, text, update
 from sqlalchemy.exc import IntegrityError
 
-from dicom_node.errors import InvalidIdentifierError, UnreadableDatasetError
+from dicom_node.errors import InvalidIdentifierError
 from dicom_node.index.database import Database
 from dicom_node.index.models import (
     Instance,
@@ -38,7 +35,18 @@ from dicom_node.index.models import (
     utcnow,
 )
 from dicom_node.ops.metrics import RECEIVED_INSTANCES
-from dicom_node.storage.store import InstanceStore, StoredFile, validate_uid
+from dicom_node.storage.attributes import ReceivedInstance, describe_instance, orientation_of
+from dicom_node.storage.store import InstanceStore, StoredFile
+
+__all__ = [
+    "Ingest",
+    "InstanceSource",
+    "ReceivedInstance",
+    "StoreOutcome",
+    "StoreResult",
+    "describe_instance",
+    "orientation_of",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -57,10 +65,16 @@ _INSERT_INSTANCE = text(
     " VALUES (:series_id, :sop_instance_uid, :sop_class_uid, :transfer_syntax_uid, :instance_number,"
     " :path, :size, :sha256, 1, :calling_ae_title, :association_id, :received_at)"
 ).bindparams(bindparam("received_at", type_=_TIME))
+# The slice positions widen the series' range (its extent_mm); a CASE, portable to SQLite and PostgreSQL.
 _UPDATE_SERIES = text(
     "UPDATE series SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
-    " last_received_at = :now, state = :receiving, stable_at = NULL WHERE id = :id"
-).bindparams(bindparam("now", type_=_TIME))
+    " last_received_at = :now, state = :receiving, stable_at = NULL,"
+    " slice_position_min = CASE WHEN slice_position_min IS NULL OR :position < slice_position_min"
+    " THEN :position ELSE slice_position_min END,"
+    " slice_position_max = CASE WHEN slice_position_max IS NULL OR :position > slice_position_max"
+    " THEN :position ELSE slice_position_max END"
+    " WHERE id = :id"
+).bindparams(bindparam("now", type_=_TIME), bindparam("position", type_=Float()))
 # A late instance re-opens a complete study; assembly closes it again as a new revision.
 _UPDATE_STUDY = text(
     "UPDATE study SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
@@ -82,152 +96,6 @@ class InstanceSource(StrEnum):
 
     RECEIVED = "received"
     RESULT = "result"
-
-
-def _raw_value(ds: Dataset, keyword: str) -> str | None:
-    """A text value exactly as received, without pydicom's conversion.
-
-    Conversion validates (and warns about) every value and dominates the handler's time; the index only
-    needs the text. Non-ASCII bytes fall back to pydicom, which decodes them with the data set's
-    Specific Character Set. Multiple values stay joined by backslashes, as encoded.
-    """
-    tag = tag_for_keyword(keyword)
-    if tag is None or tag not in ds:
-        return None
-    element = ds.get_item(tag)
-    value = element.value if element is not None else None
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        try:
-            return value.decode("ascii").rstrip("\x00 ")
-        except UnicodeDecodeError:
-            value = ds.get(keyword)
-    if isinstance(value, list | tuple) or (hasattr(value, "__iter__") and not isinstance(value, str)):
-        return "\\".join(str(v) for v in value)
-    return str(value).rstrip("\x00 ")
-
-
-def _raw_uid(ds: Dataset, keyword: str) -> str | None:
-    """A UI value as received: validation is ``validate_uid``'s job, not a warnings filter's."""
-    return _raw_value(ds, keyword)
-
-
-def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
-    text = _raw_value(ds, keyword)
-    return text[:limit].strip() or None if text else None
-
-
-def _numbers(ds: Dataset, keyword: str) -> list[float] | None:
-    text = _raw_value(ds, keyword)
-    if not text:
-        return None
-    try:
-        return [float(part) for part in text.split("\\")]
-    except ValueError:
-        return None
-
-
-def _integer(ds: Dataset, keyword: str) -> int | None:
-    value = _number(ds, keyword)
-    return int(value) if value is not None else None
-
-
-def _number(ds: Dataset, keyword: str) -> float | None:
-    values = _numbers(ds, keyword)
-    return values[0] if values else None
-
-
-def orientation_of(ds: Dataset) -> str | None:
-    """axial / coronal / sagittal / oblique from Image Orientation (Patient), if present."""
-    iop = _numbers(ds, "ImageOrientationPatient")
-    if iop is None or len(iop) != 6:
-        return None
-    r, c = iop[:3], iop[3:]
-    normal = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
-    axis = max(range(3), key=lambda i: abs(normal[i]))
-    if abs(normal[axis]) < 0.8:
-        return "oblique"
-    return ("sagittal", "coronal", "axial")[axis]
-
-
-@dataclass(frozen=True)
-class ReceivedInstance:
-    """The identifiers and indexable attributes of one received data set."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    instance_number: int | None
-    study: dict[str, Any]
-    series: dict[str, Any]
-
-
-def describe_instance(
-    ds: Dataset,
-    *,
-    transfer_syntax_uid: str,
-    requested_sop_class_uid: str | None = None,
-    requested_sop_instance_uid: str | None = None,
-) -> ReceivedInstance:
-    """Validate the identifiers of ``ds`` and pick the attributes the index keeps.
-
-    Raises ``InvalidIdentifierError`` naming the attribute, or ``UnreadableDatasetError`` when the
-    data set cannot be parsed (a truncated or corrupt stream).
-    """
-    try:
-        study_uid = validate_uid(_raw_uid(ds, "StudyInstanceUID"), "Study Instance UID (0020,000D)")
-        series_uid = validate_uid(_raw_uid(ds, "SeriesInstanceUID"), "Series Instance UID (0020,000E)")
-        sop_uid = validate_uid(_raw_uid(ds, "SOPInstanceUID"), "SOP Instance UID (0008,0018)")
-        sop_class = validate_uid(_raw_uid(ds, "SOPClassUID"), "SOP Class UID (0008,0016)")
-        if requested_sop_instance_uid and requested_sop_instance_uid.rstrip("\x00 ") != sop_uid:
-            raise InvalidIdentifierError(
-                "SOP Instance UID (0008,0018) in the data set differs from Affected SOP Instance UID"
-            )
-        if requested_sop_class_uid and requested_sop_class_uid.rstrip("\x00 ") != sop_class:
-            raise InvalidIdentifierError(
-                "SOP Class UID (0008,0016) in the data set differs from Affected SOP Class UID"
-            )
-        instance_number = _integer(ds, "InstanceNumber")
-        series_number = _integer(ds, "SeriesNumber")
-        study = {
-            "patient_id": _text(ds, "PatientID"),
-            "accession_number": _text(ds, "AccessionNumber"),
-            "study_date": _text(ds, "StudyDate", 8),
-            "study_time": _text(ds, "StudyTime", 16),
-            "study_description": _text(ds, "StudyDescription"),
-        }
-        series = {
-            "modality": _text(ds, "Modality", 16),
-            "body_part_examined": _text(ds, "BodyPartExamined"),
-            "series_description": _text(ds, "SeriesDescription"),
-            "series_number": series_number,
-            "series_date": _text(ds, "SeriesDate", 8),
-            "protocol_name": _text(ds, "ProtocolName"),
-            "image_type": _text(ds, "ImageType", 128),
-            "orientation": orientation_of(ds),
-            "view_position": _text(ds, "ViewPosition", 16),
-            "slice_thickness": _number(ds, "SliceThickness"),
-            "kvp": _number(ds, "KVP"),
-            "manufacturer": _text(ds, "Manufacturer"),
-            "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID"),
-        }
-    except InvalidIdentifierError:
-        raise
-    except Exception as error:  # pydicom raises many types on corrupt input
-        raise UnreadableDatasetError(f"the data set cannot be decoded: {error}") from error
-    return ReceivedInstance(
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        sop_instance_uid=sop_uid,
-        sop_class_uid=sop_class,
-        transfer_syntax_uid=transfer_syntax_uid,
-        instance_number=instance_number,
-        study=study,
-        series=series,
-    )
 
 
 @dataclass(frozen=True)
@@ -434,6 +302,7 @@ class Ingest:
                 "delta": delta,
                 "now": now,
                 "receiving": SeriesState.RECEIVING.value,
+                "position": received.slice_position,
                 "id": series_id,
             },
         )
