@@ -20,7 +20,8 @@ from models.registry import model_statuses
 from pipelines.errors import PipelineNotInstalledError
 from pipelines.findings import ClassificationResult, NoduleDetectionResult, SegmentationResult
 from pipelines.registry import PIPELINE_NAMES, get_pipeline
-from tests.pipelines.conftest import CXR, read_sorted
+from tests.conftest import CXR
+from tests.pipelines.conftest import read_sorted
 
 TXRV = "txrv-densenet121-res224-all"
 NODULES = "monai-lung-nodule-ct-detection"
