@@ -70,7 +70,8 @@ _NOT_ALNUM = re.compile(r"[^A-Z0-9]")
 
 
 def _procedure_meanings(study: Study, _series: Series) -> str | None:
-    return "; ".join(meaning for _, _, meaning in coded_entries(study.procedure_codes) if meaning) or None
+    meanings = dict.fromkeys(meaning for _, _, meaning in coded_entries(study.procedure_codes) if meaning)
+    return "; ".join(meanings) or None
 
 
 DESCRIPTION_FIELDS: tuple[tuple[str, Callable[[Study, Series], str | None]], ...] = (
