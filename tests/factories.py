@@ -163,11 +163,12 @@ def write_description_only_radiograph(
     """A DX chest radiograph whose only chest clue is its Study Description, made from a real one.
 
     The pixels (and their JPEG baseline encoding) are ``source``'s; it becomes Digital X-Ray (For
-    Presentation), Modality DX, with no Body Part Examined, View Position or Series Description, new
+    Presentation), Modality DX, with no Body Part Examined or Series Description, View Position PA (a
+    projection, not an anatomy: DX modalities state it, and the classifier refuses an unstated view), new
     UIDs, and ``study_description``; ``headers`` then sets attributes (``None`` removes one).
     """
     ds = dcmread(source)
-    for keyword in ("BodyPartExamined", "ViewPosition", "SeriesDescription", "ConversionType", "PatientAge"):
+    for keyword in ("BodyPartExamined", "SeriesDescription", "ConversionType", "PatientAge"):
         if keyword in ds:
             delattr(ds, keyword)
     sop_uid = generate_uid()
@@ -176,7 +177,7 @@ def write_description_only_radiograph(
     ds.SOPClassUID, ds.SOPInstanceUID = DigitalXRayImageStorageForPresentation, sop_uid
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "DX"
+    ds.Modality, ds.ViewPosition = "DX", "PA"
     if study_description is not None:
         ds.StudyDescription = study_description
     ds.PatientID, ds.PatientName = "GENDX0001", "Generated^Radiograph"

@@ -80,8 +80,9 @@ DEFAULT_ROUTES: tuple[Mapping[str, Any], ...] = (
         "select": "first",
         "match": {
             "modality": ["CR", "DX"],
-            # Frontal or unstated: a lateral view is not what the classifier was trained on.
-            "view_position": ["PA", "AP", ""],
+            # Stated frontal views only: the classifier was trained on PA/AP chest radiographs, and its
+            # pipeline refuses a lateral or unstated view (a job routed here would only fail).
+            "view_position": ["PA", "AP"],
             "image_type_not": ["LOCALIZER"],
             "body_part_not": NOT_CHEST_RADIOGRAPH,
         },
@@ -89,13 +90,8 @@ DEFAULT_ROUTES: tuple[Mapping[str, Any], ...] = (
             {"body_part": CHEST_BODY_PARTS},
             {"anatomic_region": CHEST_REGIONS},
             {"description": CHEST_WORDS},
-            # A frontal view with no body part, region or description naming anything else.
-            {
-                "view_position": ["PA", "AP"],
-                "body_part": [""],
-                "anatomic_region": [""],
-                "description_not": NOT_CHEST_RADIOGRAPH_WORDS,
-            },
+            # The frontal view alone, when no body part, region or description names anything else.
+            {"body_part": [""], "anatomic_region": [""], "description_not": NOT_CHEST_RADIOGRAPH_WORDS},
         ],
     },
     {

@@ -298,18 +298,19 @@ def test_the_shared_siemens_ct_goes_to_vertebrae_by_geometry(indexed_anywhere, t
 @pytest.mark.parametrize(
     ("headers", "routed"),
     [
-        ({}, True),  # StudyDescription "CHEST PA" is the only clue
+        ({}, True),  # StudyDescription "CHEST PA" is the only chest clue (ViewPosition PA)
         ({"StudyDescription": "Thorax p.a."}, True),
-        ({"StudyDescription": "RX TORAX"}, True),
+        ({"StudyDescription": "RX TORAX", "BodyPartExamined": "PORTABLE"}, True),  # only the description
         ({"StudyDescription": None, "SeriesDescription": "Tórax PA"}, True),
         ({"StudyDescription": None, "BodyPartExamined": "TORAX"}, True),
         ({"StudyDescription": None, "RequestedProcedureDescription": "Lunge 2 Ebenen"}, True),
-        ({"StudyDescription": None, "ViewPosition": "PA"}, True),  # a frontal view, nothing else said
-        ({"StudyDescription": None, "ViewPosition": "PA", "SeriesDescription": "HAND PA"}, False),
+        ({"StudyDescription": None}, True),  # a frontal view, and nothing names another region
+        ({"StudyDescription": None, "SeriesDescription": "HAND PA"}, False),
         ({"StudyDescription": None, "ViewPosition": "AP", "BodyPartExamined": "KNEE"}, False),
+        ({"StudyDescription": None, "BodyPartExamined": "PORTABLE"}, False),  # nothing says chest
         ({"StudyDescription": "CHEST LAT", "ViewPosition": "LL"}, False),
         ({"StudyDescription": "CHEST PA", "BodyPartExamined": "SKULL"}, False),  # tags that disagree
-        ({"StudyDescription": None}, False),  # nothing says what it is
+        ({"ViewPosition": None}, False),  # the classifier's pipeline refuses an unstated view
     ],
 )
 def test_radiographs_are_routed_on_any_chest_clue(indexed, tmp_path, headers, routed):
@@ -321,6 +322,7 @@ def test_radiographs_are_routed_on_any_chest_clue(indexed, tmp_path, headers, ro
 
 
 def test_coded_clues_route_a_radiograph(indexed, tmp_path):
+    portable = {"BodyPartExamined": "PORTABLE"}  # so that the frontal view alone does not route it
     region = Dataset()
     region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "51185008", "SCT", "Chest"
     procedure = Dataset()
@@ -333,7 +335,10 @@ def test_coded_clues_route_a_radiograph(indexed, tmp_path):
         tmp_path / "a.dcm", CXR, study_description=None, headers={"AnatomicRegionSequence": [region]}
     )
     by_code = write_description_only_radiograph(
-        tmp_path / "b.dcm", CXR, study_description=None, headers={"ProcedureCodeSequence": [procedure]}
+        tmp_path / "b.dcm",
+        CXR,
+        study_description=None,
+        headers={**portable, "ProcedureCodeSequence": [procedure]},
     )
     for path in (by_region, by_code):
         decision, _ = indexed.route(indexed.add([path]))
