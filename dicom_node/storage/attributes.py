@@ -131,10 +131,12 @@ def _coded(items: Any) -> list[tuple[str, str, str]]:
 
 
 def _study_codes(ds: Dataset) -> str | None:
-    """Procedure codes: the study's, the requested procedure's (also inside Request Attributes Sequence)."""
-    entries = [e for keyword in _CODE_SEQUENCES_OF_STUDY for e in _coded(ds.get(keyword))]
-    for request in ds.get("RequestAttributesSequence") or ():
-        entries += _coded(request.get("RequestedProcedureCodeSequence"))
+    """Procedure codes: the study's and the requested procedure's (from Request Attributes Sequence when
+    the data set has none of its own: parsing sequences is most of what this function costs)."""
+    entries = [e for keyword in _CODE_SEQUENCES_OF_STUDY if keyword in ds for e in _coded(ds.get(keyword))]
+    if not entries and "RequestAttributesSequence" in ds:
+        for request in ds.RequestAttributesSequence:
+            entries += _coded(request.get("RequestedProcedureCodeSequence"))
     return coded_text(entries[:16])
 
 
