@@ -173,7 +173,9 @@ class ReceivedInstance:
     instance_number: int | None
     study: dict[str, Any]
     series: dict[str, Any]
-    slice_position: float | None = None
+    slice_range: tuple[float, float] | None = None
+    """The lowest and highest slice position this instance holds (one slice: both the same; a multi-frame
+    object would give its frames' range); they widen the series' range at ingest."""
 
 
 def describe_instance(
@@ -212,7 +214,8 @@ def describe_instance(
             "requested_procedure_description": _optional(_requested_procedure_description, ds),
             "procedure_codes": _optional(_study_codes, ds),
         }
-        slice_position = slice_position_of(ds)
+        position = slice_position_of(ds)
+        slice_range = None if position is None else (position, position)
         series = {
             "modality": _text(ds, "Modality", 16),
             "body_part_examined": _text(ds, "BodyPartExamined"),
@@ -228,8 +231,8 @@ def describe_instance(
             "manufacturer": _text(ds, "Manufacturer"),
             "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID"),
             "anatomic_region": _optional(lambda d: coded_text(_coded(d.get("AnatomicRegionSequence"))), ds),
-            "slice_position_min": slice_position,
-            "slice_position_max": slice_position,
+            "slice_position_min": position,
+            "slice_position_max": position,
         }
     except InvalidIdentifierError:
         raise
@@ -244,5 +247,5 @@ def describe_instance(
         instance_number=instance_number,
         study=study,
         series=series,
-        slice_position=slice_position,
+        slice_range=slice_range,
     )

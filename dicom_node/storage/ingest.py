@@ -69,12 +69,12 @@ _INSERT_INSTANCE = text(
 _UPDATE_SERIES = text(
     "UPDATE series SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
     " last_received_at = :now, state = :receiving, stable_at = NULL,"
-    " slice_position_min = CASE WHEN slice_position_min IS NULL OR :position < slice_position_min"
-    " THEN :position ELSE slice_position_min END,"
-    " slice_position_max = CASE WHEN slice_position_max IS NULL OR :position > slice_position_max"
-    " THEN :position ELSE slice_position_max END"
+    " slice_position_min = CASE WHEN slice_position_min IS NULL OR :low < slice_position_min"
+    " THEN :low ELSE slice_position_min END,"
+    " slice_position_max = CASE WHEN slice_position_max IS NULL OR :high > slice_position_max"
+    " THEN :high ELSE slice_position_max END"
     " WHERE id = :id"
-).bindparams(bindparam("now", type_=_TIME), bindparam("position", type_=Float()))
+).bindparams(bindparam("now", type_=_TIME), bindparam("low", type_=Float()), bindparam("high", type_=Float()))
 # A late instance re-opens a complete study; assembly closes it again as a new revision.
 _UPDATE_STUDY = text(
     "UPDATE study SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
@@ -302,7 +302,8 @@ class Ingest:
                 "delta": delta,
                 "now": now,
                 "receiving": SeriesState.RECEIVING.value,
-                "position": received.slice_position,
+                "low": received.slice_range[0] if received.slice_range else None,
+                "high": received.slice_range[1] if received.slice_range else None,
                 "id": series_id,
             },
         )
