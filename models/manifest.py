@@ -4,6 +4,11 @@ A manifest names the model, its version, the published weights file(s) with URL 
 license, the input specification, labels and thresholds. The pipelines read their parameters (spacing,
 intensity window, sliding-window settings, score and NMS thresholds, label maps) from here, so the
 manifest is the one place that says how the published model is used.
+
+Manifests and model cards (``models/<name>/docs/README.md``) ship with the package. The models
+directory (``$DICOM_NODE_MODELS_DIR``) holds what is installed there: weights and their import records,
+so an empty folder is a valid one. A manifest placed there (``<models_dir>/<name>/configs/metadata.json``)
+is used instead of the packaged one: that is how a site pins a hash the model does not publish.
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ MODEL_NAMES = (
 )
 MODELS_DIR_ENV = "DICOM_NODE_MODELS_DIR"
 WEIGHTS_FILE = "models/model.pt"
+MANIFEST_FILE = "configs/metadata.json"
+MODEL_CARD_FILE = "docs/README.md"
+PACKAGE_DIR = Path(__file__).resolve().parent
+"""Where the packaged manifests and model cards are (``models/<name>/...`` of the installed package)."""
 
 
 def default_models_dir() -> Path:
-    """``$DICOM_NODE_MODELS_DIR``, else ``./models`` (the bundle folders shipped with the source)."""
+    """``$DICOM_NODE_MODELS_DIR``, else ``./models``: where weights are installed."""
     return Path(os.environ.get(MODELS_DIR_ENV, "models"))
 
 
@@ -65,8 +74,24 @@ class ModelManifest:
         return value
 
 
+def site_manifest_path(models_dir: Path, name: str) -> Path:
+    """Where a site's own copy of a manifest goes (it then replaces the packaged one)."""
+    return models_dir / name / MANIFEST_FILE
+
+
+def packaged_manifest_path(name: str) -> Path:
+    return PACKAGE_DIR / name / MANIFEST_FILE
+
+
+def model_card_path(name: str) -> Path:
+    """The model card shipped with the package."""
+    return PACKAGE_DIR / name / MODEL_CARD_FILE
+
+
 def manifest_path(models_dir: Path, name: str) -> Path:
-    return models_dir / name / "configs" / "metadata.json"
+    """The manifest in force: the site's copy in ``models_dir`` if there is one, else the packaged one."""
+    site = site_manifest_path(models_dir, name)
+    return site if site.is_file() else packaged_manifest_path(name)
 
 
 def load_manifest(models_dir: Path, name: str) -> ModelManifest:
@@ -78,7 +103,7 @@ def load_manifest(models_dir: Path, name: str) -> ModelManifest:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ModelNotInstalledError(
-            f"{path} is missing: point DICOM_NODE_MODELS_DIR at a copy of the repository's models/ folder"
+            f"{path} is missing: the installed package lacks the manifest of {name}; reinstall dicom-node"
         ) from exc
     files = tuple(
         PublishedFile(

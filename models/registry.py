@@ -7,7 +7,7 @@ from pathlib import Path
 
 from models.errors import ModelError
 from models.loader import verify_model
-from models.manifest import MODEL_NAMES, load_manifest
+from models.manifest import MODEL_NAMES, load_manifest, manifest_path, packaged_manifest_path
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class ModelStatus:
     provenance: str | None
     sha256: str | None
     reason: str
+    manifest: str | None = None
+    """The manifest in force when it is a site's copy in the models directory (``None``: the packaged one)."""
 
     @property
     def untrained(self) -> bool:
@@ -29,14 +31,16 @@ class ModelStatus:
 
 def model_status(models_dir: Path, name: str) -> ModelStatus:
     """Verify one model's weights (record, sha256, architecture) and say what was found."""
+    in_force = manifest_path(models_dir, name)
+    site = None if in_force == packaged_manifest_path(name) else str(in_force)
     try:
         manifest = load_manifest(models_dir, name)
     except ModelError as exc:
-        return ModelStatus(name, "", False, None, None, None, str(exc))
+        return ModelStatus(name, "", False, None, None, None, str(exc), site)
     try:
         record, _ = verify_model(models_dir, name)
     except ModelError as exc:
-        return ModelStatus(name, manifest.pipeline, False, None, None, None, str(exc))
+        return ModelStatus(name, manifest.pipeline, False, None, None, None, str(exc), site)
     reason = {
         "published": "published weights, checksum verified",
         "published-unpinned": "published weights (no published hash to compare; sha256 recorded at import)",
@@ -44,7 +48,7 @@ def model_status(models_dir: Path, name: str) -> ModelStatus:
         "scaffold": "UNTRAINED scaffold weights: for plumbing tests and benchmarks only",
     }.get(record.provenance, record.provenance)
     return ModelStatus(
-        name, manifest.pipeline, True, record.version, record.provenance, record.sha256, reason
+        name, manifest.pipeline, True, record.version, record.provenance, record.sha256, reason, site
     )
 
 

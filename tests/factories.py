@@ -1,13 +1,36 @@
-"""Generated DICOM for tests and benchmarks: CT series of any size, with valid UIDs and real geometry."""
+"""Generated DICOM for tests and benchmarks: CT series of any size, with valid UIDs and real geometry.
+
+Routing variants, as modalities send them (docs/jobs.md lists what each default does with them):
+``HEAD_CT`` (descriptions say HEAD, no body part), ``UNTAGGED_CT`` (no body part, no description at
+all), and ``write_description_only_radiograph`` (a DX whose only chest clue is its Study Description).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
+
+HEAD_CT: Mapping[str, Any] = {
+    "BodyPartExamined": None,
+    "StudyDescription": "CT HEAD",
+    "SeriesDescription": "Head 2.5 axial",
+    "ProtocolName": "HEAD_ROUTINE",
+}
+"""A head-only CT whose descriptions say HEAD (and whose body part is left out)."""
+UNTAGGED_CT: Mapping[str, Any] = {"BodyPartExamined": None, "SeriesDescription": None}
+"""A CT with no body part and no description at all (``ct_slice`` writes no other description)."""
 
 
 def ct_slice(
@@ -22,8 +45,14 @@ def ct_slice(
     thickness: float = 1.25,
     patient_id: str = "GEN0001",
     seed: int = 0,
+    z: float | None = None,
+    headers: Mapping[str, Any] | None = None,
 ) -> Dataset:
-    """One axial CT slice; pixel values are deterministic noise plus a body-shaped disc."""
+    """One axial CT slice; pixel values are deterministic noise plus a body-shaped disc.
+
+    ``z`` is its position (default ``-index * thickness``); ``headers`` sets attributes (``None``
+    removes one).
+    """
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
@@ -55,8 +84,9 @@ def ct_slice(
     ds.SliceThickness = thickness
     ds.PixelSpacing = [spacing, spacing]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [-columns * spacing / 2, -rows * spacing / 2, -index * thickness]
-    ds.SliceLocation = -index * thickness
+    z = -index * thickness if z is None else z
+    ds.ImagePositionPatient = [-columns * spacing / 2, -rows * spacing / 2, z]
+    ds.SliceLocation = z
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = rows
@@ -73,6 +103,12 @@ def ct_slice(
     body = ((yy - rows / 2) ** 2 / (rows * 0.4) ** 2 + (xx - columns / 2) ** 2 / (columns * 0.45) ** 2) < 1
     pixels = np.where(body, 40, -1000) + rng.integers(-20, 20, size=(rows, columns))
     ds.PixelData = pixels.astype(np.int16).tobytes()
+    for keyword, value in (headers or {}).items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
     return ds
 
 
@@ -84,8 +120,15 @@ def write_ct_series(
     columns: int = 512,
     study_uid: str | None = None,
     seed: int = 0,
+    thickness: float = 1.25,
+    z_positions: Sequence[float] | None = None,
+    headers: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``count`` slices of one new series into ``folder``; returns the file paths."""
+    """Write ``count`` slices of one new series into ``folder``; returns the file paths.
+
+    Slices are ``thickness`` apart unless ``z_positions`` is given: slice ``i`` then lies at
+    ``z_positions[i % len(z_positions)]`` (a dynamic series repeats a few positions).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
@@ -100,6 +143,9 @@ def write_ct_series(
             rows=rows,
             columns=columns,
             seed=seed,
+            thickness=thickness,
+            z=None if z_positions is None else z_positions[index % len(z_positions)],
+            headers=headers,
         )
         path = folder / f"CT{index:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -147,6 +193,45 @@ def write_large_ct(
         handle.write(header.getvalue())
         handle.write(b"\xe0\x7f\x10\x00OW\x00\x00" + length.to_bytes(4, "little"))
         handle.truncate(handle.tell() + length)
+
+
+def write_description_only_radiograph(
+    path: Path,
+    source: Path,
+    *,
+    study_description: str | None = "CHEST PA",
+    headers: Mapping[str, Any] | None = None,
+) -> Path:
+    """A DX chest radiograph whose only chest clue is its Study Description, made from a real one.
+
+    The pixels (and their JPEG baseline encoding) are ``source``'s; it becomes Digital X-Ray (For
+    Presentation), Modality DX, with no Body Part Examined or Series Description, View Position PA (a
+    projection, not an anatomy: DX modalities state it, and the classifier refuses an unstated view), new
+    UIDs, and ``study_description``; ``headers`` then sets attributes (``None`` removes one).
+    """
+    ds = dcmread(source)
+    for keyword in ("BodyPartExamined", "SeriesDescription", "ConversionType", "PatientAge"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    sop_uid = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPClassUID, ds.SOPInstanceUID = DigitalXRayImageStorageForPresentation, sop_uid
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality, ds.ViewPosition = "DX", "PA"
+    if study_description is not None:
+        ds.StudyDescription = study_description
+    ds.PatientID, ds.PatientName = "GENDX0001", "Generated^Radiograph"
+    ds.StudyDate, ds.AccessionNumber = "20260101", "GENDX1"
+    for keyword, value in (headers or {}).items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
     return path
 
 

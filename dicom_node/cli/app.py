@@ -167,6 +167,10 @@ from dicom_node.cli.config import register as register_config  # noqa: E402
 
 register_config(app)
 
+from dicom_node.cli.route import register as register_route  # noqa: E402
+
+register_route(app)
+
 
 def _mount_models(argv: list[str]) -> None:
     # The models sub-app imports torch; mount it only when it can be used, so that ``serve`` and the

@@ -1,7 +1,8 @@
 """``dicom-node models``: list, verify, import, pull and scaffold model weights.
 
 Mounted by ``dicom_node/cli/app.py`` as ``app.add_typer(models.app, name="models")``. Every
-command takes ``--models-dir`` (default ``$DICOM_NODE_MODELS_DIR`` or ``./models``). Exit codes: 0 ok,
+command takes ``--models-dir`` (default ``$DICOM_NODE_MODELS_DIR`` or ``./models``): the folder weights
+are installed into, empty at first (manifests and model cards come with the package). Exit codes: 0 ok,
 1 operational failure (a model not installed, a refused file, a failed download), 2 usage error.
 """
 
@@ -16,7 +17,7 @@ import typer
 
 from models.errors import ModelError
 from models.installer import import_weights, pull, scaffold
-from models.manifest import MODEL_NAMES, MODELS_DIR_ENV
+from models.manifest import MODEL_NAMES, MODELS_DIR_ENV, site_manifest_path
 from models.registry import model_statuses
 
 app = typer.Typer(help="Model weights: list, verify, import, pull, scaffold.", no_args_is_help=True)
@@ -51,7 +52,8 @@ def list_models(
         state = f"installed {s.version}" if s.installed else "not installed"
         if s.installed and s.untrained:
             state = f"installed UNTRAINED {s.version}"
-        typer.echo(f"{s.name:34} {s.pipeline:20} {state}: {s.reason}")
+        site = f" (manifest: the site's copy {s.manifest})" if s.manifest else ""
+        typer.echo(f"{s.name:34} {s.pipeline:20} {state}: {s.reason}{site}")
 
 
 @app.command("verify")
@@ -88,7 +90,8 @@ def import_command(
     if record.provenance == "published-unpinned":
         typer.echo(
             f"note: {record.model} publishes no hash; the imported file's sha256 is {record.source_sha256}. "
-            "Pin it as files[0].sha256 in configs/metadata.json once checked against a second copy."
+            "Once checked against a second copy, pin it as files[0].sha256 in a copy of the manifest at "
+            f"{site_manifest_path(models_dir, record.model)} (a copy there replaces the packaged one)."
         )
     if record.provenance == "scaffold":
         typer.echo("warning: these are UNTRAINED scaffold weights, for plumbing tests and benchmarks only")

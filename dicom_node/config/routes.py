@@ -33,11 +33,18 @@ PIPELINES = ("cxr-classification", "ct-lung-nodules", "ct-vertebrae")
 SELECTIONS = ("thinnest", "most_instances", "first")
 ORIENTATIONS = ("AXIAL", "CORONAL", "SAGITTAL", "OBLIQUE")
 
-TEXT_CRITERIA = ("modality", "body_part", "view_position", "orientation")
-PATTERN_CRITERIA = ("series_description", "protocol_name")
+TEXT_CRITERIA = ("modality", "body_part", "body_part_not", "view_position", "orientation", "anatomic_region")
+PATTERN_CRITERIA = (
+    "series_description",
+    "protocol_name",
+    "study_description",
+    "requested_procedure_description",
+    "description",
+    "description_not",
+)
 NUMBER_CRITERIA = ("slice_thickness", "num_instances", "kvp", "extent_mm")
 IMAGE_TYPE_CRITERIA = ("image_type", "image_type_not")
-STUDY_CRITERIA = ("calling_ae",)
+STUDY_CRITERIA = ("calling_ae", "procedure_code")
 CRITERIA = TEXT_CRITERIA + PATTERN_CRITERIA + NUMBER_CRITERIA + IMAGE_TYPE_CRITERIA + STUDY_CRITERIA
 
 _COMPARISON = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(-?[0-9]+(?:\.[0-9]*)?)\s*$")
@@ -100,7 +107,7 @@ def _upper_strings(value: Any) -> tuple[str, ...]:
 
 def _orientations(value: Any) -> tuple[str, ...]:
     wanted = _upper_strings(value)
-    if unknown := [v for v in wanted if v not in ORIENTATIONS]:
+    if unknown := [v for v in wanted if v not in ORIENTATIONS and v != ""]:
         raise invalid(f"orientation is one of {', '.join(o.lower() for o in ORIENTATIONS)}, got {unknown}")
     return wanted
 
@@ -131,16 +138,26 @@ Number = Annotated[NumberTest, PlainValidator(number_test), PlainSerializer(_tes
 
 
 class MatchBlock(BaseModel):
-    """Criteria one series must all meet (a ``[routes.match]`` or ``[[routes.match_any]]`` table)."""
+    """Criteria one series must all meet (a ``[routes.match]`` or ``[[routes.match_any]]`` table).
+
+    In a list of values, ``""`` admits a series (or study) that lacks the attribute; ``*_not`` criteria
+    refuse what they list or match. What each criterion reads is in ``workflow.criteria``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     modality: Values | None = None
     body_part: Values | None = None
+    body_part_not: Values | None = None
     view_position: Values | None = None
     orientation: Orientations | None = None
+    anatomic_region: Values | None = None
     series_description: Pattern | None = None
     protocol_name: Pattern | None = None
+    study_description: Pattern | None = None
+    requested_procedure_description: Pattern | None = None
+    description: Pattern | None = None
+    description_not: Pattern | None = None
     slice_thickness: Number | None = None
     num_instances: Number | None = None
     kvp: Number | None = None
@@ -148,6 +165,7 @@ class MatchBlock(BaseModel):
     image_type: Values | None = None
     image_type_not: Values | None = None
     calling_ae: Values | None = None
+    procedure_code: Values | None = None
     _order: tuple[str, ...] = PrivateAttr(default=())
 
     @model_validator(mode="wrap")

@@ -6,6 +6,7 @@ is owned by Alembic (``dicom_node/index/migrations``); ``Base.metadata`` is what
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -52,6 +53,35 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value
 
 
+CODE_SEPARATOR = "\\"
+CODE_FIELDS = "^"
+
+
+def coded_text(entries: Iterable[tuple[str, str, str]]) -> str | None:
+    """Coded entries ``(value, scheme, meaning)`` as one text column.
+
+    Each entry is ``VALUE^SCHEME^MEANING``, entries are joined by a backslash. The separators never occur
+    in a code value and hardly in a meaning; there they are replaced by spaces.
+    """
+    parts: list[str] = []
+    for entry in entries:
+        fields = (f.replace(CODE_SEPARATOR, " ").replace(CODE_FIELDS, " ").strip() for f in entry)
+        text = CODE_FIELDS.join(fields)
+        if text.strip(CODE_FIELDS) and text not in parts:
+            parts.append(text)
+    return CODE_SEPARATOR.join(parts) or None
+
+
+def coded_entries(text: str | None) -> list[tuple[str, str, str]]:
+    """The ``(value, scheme, meaning)`` entries of a ``coded_text`` column."""
+    entries = []
+    for part in (text or "").split(CODE_SEPARATOR):
+        if part:
+            value, scheme, meaning = [*part.split(CODE_FIELDS, 2), "", ""][:3]
+            entries.append((value, scheme, meaning))
+    return entries
+
+
 class Base(DeclarativeBase):
     """Declarative base of every table."""
 
@@ -84,6 +114,9 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_time: Mapped[str | None] = mapped_column(String(16))
     study_description: Mapped[str | None] = mapped_column(String(64))
+    requested_procedure_description: Mapped[str | None] = mapped_column(String(64))
+    procedure_codes: Mapped[str | None] = mapped_column(Text)
+    """Procedure Code Sequence and Requested Procedure Code Sequence items, in ``coded_text`` form."""
     modalities: Mapped[str] = mapped_column(String(128), default="")
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
@@ -119,6 +152,11 @@ class Series(Base):
     kvp: Mapped[float | None] = mapped_column(Float)
     manufacturer: Mapped[str | None] = mapped_column(String(64))
     frame_of_reference_uid: Mapped[str | None] = mapped_column(String(64))
+    anatomic_region: Mapped[str | None] = mapped_column(Text)
+    """Anatomic Region Sequence items, in ``coded_text`` form."""
+    slice_position_min: Mapped[float | None] = mapped_column(Float)
+    slice_position_max: Mapped[float | None] = mapped_column(Float)
+    """The lowest and highest slice position seen (mm along the slice normal): ``extent_mm`` from these."""
     state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,11 +1,16 @@
-"""What the index keeps of a received data set: validated identifiers and a few indexable attributes.
+"""What the index keeps of a received data set: its identifiers, checked, and the attributes routing reads.
 
-Values are read as received (``_raw_value``): pydicom's conversion validates and warns about every
-value, which dominated the C-STORE handler's time, and the index only needs the text.
+``describe_instance`` runs for every received instance, in the C-STORE handler, before anything is
+written: it reads text values as encoded (no pydicom conversion, see ``_raw_value``) and the few
+sequences routing needs (procedure codes, anatomic region), and derives the orientation and the slice
+position along the normal from the geometry (``orientation_of``, ``slice_position_of``).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +18,15 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import InvalidIdentifierError, UnreadableDatasetError
+from dicom_node.index.models import coded_text
 from dicom_node.storage.store import validate_uid
 
-# ``describe_instance`` reads nothing after group 0020 (Relationship), so the edge parses a received
-# data set only up to there (``incoming.read_received``). A new indexed attribute from a later group
-# must move this.
-LAST_INDEXED_TAG = 0x0020FFFF
+LOG = logging.getLogger(__name__)
+
+# ``describe_instance`` reads nothing after group 0040 (the request attributes and procedure codes
+# routing reads; Pixel Data is 7FE0), so the edge parses a received data set only up to there
+# (``incoming.read_received``). A new indexed attribute from a later group must move this.
+LAST_INDEXED_TAG = 0x0040FFFF
 
 
 def _raw_value(ds: Dataset, keyword: str) -> str | None:
@@ -75,17 +83,87 @@ def _number(ds: Dataset, keyword: str) -> float | None:
     return values[0] if values else None
 
 
-def orientation_of(ds: Dataset) -> str | None:
-    """axial / coronal / sagittal / oblique from Image Orientation (Patient), if present."""
+def _slice_normal(ds: Dataset) -> tuple[float, float, float] | None:
+    """The normal of the image plane (row × column direction of Image Orientation (Patient))."""
     iop = _numbers(ds, "ImageOrientationPatient")
     if iop is None or len(iop) != 6:
         return None
     r, c = iop[:3], iop[3:]
-    normal = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+    return (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+
+
+def orientation_of(ds: Dataset) -> str | None:
+    """axial / coronal / sagittal / oblique from Image Orientation (Patient), if present."""
+    normal = _slice_normal(ds)
+    if normal is None:
+        return None
     axis = max(range(3), key=lambda i: abs(normal[i]))
     if abs(normal[axis]) < 0.8:
         return "oblique"
     return ("sagittal", "coronal", "axial")[axis]
+
+
+def slice_position_of(ds: Dataset) -> float | None:
+    """Where the slice lies along its normal (mm): Image Position (Patient) projected on the normal.
+
+    The normal's sign is fixed (its largest component positive), so a feet-first series and a head-first
+    one, or rows or columns mirrored, give the same positions; the range of them over a series is how far
+    it reaches (``extent_mm``), whatever its instance count.
+    """
+    normal = _slice_normal(ds)
+    ipp = _numbers(ds, "ImagePositionPatient")
+    if normal is None or ipp is None or len(ipp) != 3:
+        return None
+    length = math.sqrt(sum(n * n for n in normal))
+    if length < 1e-6:
+        return None
+    sign = 1.0 if max(normal, key=abs) > 0 else -1.0
+    return round(sign * sum(p * n for p, n in zip(ipp, normal, strict=True)) / length, 3)
+
+
+_CODE_SEQUENCES_OF_STUDY = ("ProcedureCodeSequence", "RequestedProcedureCodeSequence")
+
+
+def _coded(items: Any) -> list[tuple[str, str, str]]:
+    entries = []
+    for item in items or ():
+        value = _text(item, "CodeValue", 64) or _text(item, "LongCodeValue", 64) or ""
+        scheme = _text(item, "CodingSchemeDesignator", 16) or ""
+        meaning = _text(item, "CodeMeaning") or ""
+        if value or meaning:
+            entries.append((value, scheme, meaning))
+    return entries
+
+
+def _study_codes(ds: Dataset) -> str | None:
+    """Procedure codes: the study's and the requested procedure's (from Request Attributes Sequence when
+    the data set has none of its own: parsing sequences is most of what this function costs)."""
+    entries = [e for keyword in _CODE_SEQUENCES_OF_STUDY if keyword in ds for e in _coded(ds.get(keyword))]
+    if not entries and "RequestAttributesSequence" in ds:
+        for request in ds.RequestAttributesSequence:
+            entries += _coded(request.get("RequestedProcedureCodeSequence"))
+    return coded_text(entries[:16])
+
+
+def _requested_procedure_description(ds: Dataset) -> str | None:
+    """(0032,1060), else the first Request Attributes Sequence item's requested or scheduled step's."""
+    if text := _text(ds, "RequestedProcedureDescription"):
+        return text
+    for request in ds.get("RequestAttributesSequence") or ():
+        if text := _text(request, "RequestedProcedureDescription") or _text(
+            request, "ScheduledProcedureStepDescription"
+        ):
+            return text
+    return None
+
+
+def _optional(read: Callable[[Dataset], str | None], ds: Dataset) -> str | None:
+    """A routing attribute the index can do without: a malformed sequence is logged, not fatal."""
+    try:
+        return read(ds)
+    except Exception as error:  # pydicom raises many types on a malformed sequence
+        LOG.debug("ignoring an unreadable routing attribute: %s", error)
+        return None
 
 
 @dataclass(frozen=True)
@@ -104,6 +182,9 @@ class ReceivedInstance:
     instance_number: int | None
     study: dict[str, Any]
     series: dict[str, Any]
+    slice_range: tuple[float, float] | None = None
+    """The lowest and highest slice position this instance holds (one slice: both the same; a multi-frame
+    object would give its frames' range); they widen the series' range at ingest."""
     produced_here: bool = False
 
 
@@ -140,7 +221,11 @@ def describe_instance(
             "study_date": _text(ds, "StudyDate", 8),
             "study_time": _text(ds, "StudyTime", 16),
             "study_description": _text(ds, "StudyDescription"),
+            "requested_procedure_description": _optional(_requested_procedure_description, ds),
+            "procedure_codes": _optional(_study_codes, ds),
         }
+        position = slice_position_of(ds)
+        slice_range = None if position is None else (position, position)
         series = {
             "modality": _text(ds, "Modality", 16),
             "body_part_examined": _text(ds, "BodyPartExamined"),
@@ -155,6 +240,9 @@ def describe_instance(
             "kvp": _number(ds, "KVP"),
             "manufacturer": _text(ds, "Manufacturer"),
             "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID"),
+            "anatomic_region": _optional(lambda d: coded_text(_coded(d.get("AnatomicRegionSequence"))), ds),
+            "slice_position_min": position,
+            "slice_position_max": position,
         }
     except InvalidIdentifierError:
         raise
@@ -169,4 +257,5 @@ def describe_instance(
         instance_number=instance_number,
         study=study,
         series=series,
+        slice_range=slice_range,
     )

@@ -23,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, insert, text, update
+from sqlalchemy import Connection, Float, Row, bindparam, insert, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from dicom_node.errors import IndexUnavailableError, InvalidIdentifierError
@@ -39,11 +39,19 @@ from dicom_node.index.models import (
     utcnow,
 )
 from dicom_node.ops.metrics import RECEIVED_INSTANCES
-from dicom_node.storage.attributes import ReceivedInstance, describe_instance
+from dicom_node.storage.attributes import ReceivedInstance, describe_instance, orientation_of
 from dicom_node.storage.part10 import META_READ, dataset_offset, dataset_sha256
 from dicom_node.storage.store import InstanceStore, Intent, StoredFile, storage_error
 
-__all__ = ["Ingest", "ReceivedInstance", "StoreOutcome", "StoreResult", "describe_instance"]
+__all__ = [
+    "Ingest",
+    "InstanceSource",
+    "ReceivedInstance",
+    "StoreOutcome",
+    "StoreResult",
+    "describe_instance",
+    "orientation_of",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -63,10 +71,16 @@ _INSERT_INSTANCE = text(
     " VALUES (:series_id, :sop_instance_uid, :sop_class_uid, :transfer_syntax_uid, :instance_number,"
     " :path, :size, :sha256, 1, :calling_ae_title, :association_id, :received_at)"
 ).bindparams(bindparam("received_at", type_=_TIME))
+# The slice positions widen the series' range (its extent_mm); a CASE, portable to SQLite and PostgreSQL.
 _UPDATE_SERIES = text(
     "UPDATE series SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
-    " last_received_at = :now, state = :receiving, stable_at = NULL WHERE id = :id"
-).bindparams(bindparam("now", type_=_TIME))
+    " last_received_at = :now, state = :receiving, stable_at = NULL,"
+    " slice_position_min = CASE WHEN slice_position_min IS NULL OR :low < slice_position_min"
+    " THEN :low ELSE slice_position_min END,"
+    " slice_position_max = CASE WHEN slice_position_max IS NULL OR :high > slice_position_max"
+    " THEN :high ELSE slice_position_max END"
+    " WHERE id = :id"
+).bindparams(bindparam("now", type_=_TIME), bindparam("low", type_=Float()), bindparam("high", type_=Float()))
 # A late instance re-opens a complete study; assembly closes it again as a new revision.
 _UPDATE_STUDY = text(
     "UPDATE study SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
@@ -402,6 +416,8 @@ class Ingest:
                 "delta": delta,
                 "now": now,
                 "receiving": SeriesState.RECEIVING.value,
+                "low": received.slice_range[0] if received.slice_range else None,
+                "high": received.slice_range[1] if received.slice_range else None,
                 "id": series_id,
             },
         )

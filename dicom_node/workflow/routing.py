@@ -10,30 +10,33 @@ of ``match_any`` when given)::
     modality = ["CT"]                        # a string or a list of allowed values
     orientation = "axial"                    # derived from ImageOrientationPatient at ingest
     slice_thickness = "<= 3"                 # <, <=, >, >=, ==, != or a range "0.5..3" or {min, max}
-    num_instances = ">= 40"
+    extent_mm = ">= 100"                     # from the slice positions, not the instance count
     image_type_not = ["LOCALIZER"]           # ImageType must hold none of these values
+    body_part_not = ["HEAD", "BRAIN"]
     [[routes.match_any]]
     body_part = ["CHEST", "LUNG", "THORAX"]
     [[routes.match_any]]
-    series_description = "(?i)chest|thorax|lung"   # a regular expression (search)
+    description = "(?i)chest|thorax|lung"    # a regular expression searched in every description
+    [[routes.match_any]]
+    body_part = ["PARTIALBODY", ""]          # "" admits a series without the attribute
+    description_not = "(?i)head|brain"
+    extent_mm = ">= 150"
 
-Series attributes: ``modality``, ``body_part`` (BodyPartExamined), ``series_description``,
-``protocol_name``, ``view_position``, ``orientation``, ``image_type`` (must hold all listed values),
-``image_type_not``, and numbers ``slice_thickness``, ``num_instances``, ``kvp``, ``extent_mm``
-(instances × slice thickness, how far a series reaches). Study attribute: ``calling_ae``. A series
-description or protocol name is free text typed at the scanner, so a rule must also constrain
-``modality``: a rule that trusts the description alone is refused at load time.
+``workflow.criteria`` says what every criterion reads. A series description or protocol name is free
+text typed at the scanner, so a rule must also constrain ``modality``: a rule that trusts the
+description alone is refused at load time.
 
 The settings check every rule when they load (``dicom_node.config.routes``: criteria, values, regular
-expressions, selections, pipeline names); this module compiles checked rules into tests of index rows.
-Without ``[[routes]]`` in the settings the shipped ``DEFAULT_ROUTES`` apply. One study can start several
-pipelines (one job each); a study that matches nothing is kept, with the reason in ``Study.routing_reason``.
+expressions, selections, pipeline names); this module compiles checked rules into conditions on index
+rows. Without ``[[routes]]`` in the settings the shipped ``DEFAULT_ROUTES`` (``workflow.defaults``)
+apply. One study can start several pipelines (one job each); a study that matches nothing is kept, with
+the reason in ``Study.routing_reason``. ``workflow.explain`` shows every condition's verdict.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,82 +46,40 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.config import CRITERIA, RouteSpec
-from dicom_node.config.routes import (
-    IMAGE_TYPE_CRITERIA,
-    NUMBER_CRITERIA,
-    SELECTIONS,
-    STUDY_CRITERIA,
-    NumberTest,
-    number_test,
-)
+from dicom_node.config.routes import SELECTIONS, NumberTest, number_test
 from dicom_node.config.sources import InvalidSettingsError, describe
 from dicom_node.errors import ConfigError
 from dicom_node.index.models import Job, JobState, Series, Study, utcnow
+from dicom_node.workflow.criteria import (
+    IMAGE_TYPE_ATTRIBUTES,
+    NUMBER_ATTRIBUTES,
+    PATTERN_ATTRIBUTES,
+    STUDY_ATTRIBUTES,
+    TEXT_ATTRIBUTES,
+    Condition,
+    Verdict,
+    compile_criterion,
+)
+from dicom_node.workflow.defaults import DEFAULT_ROUTES
 
-TEXT_ATTRIBUTES = {
-    "modality": "modality",
-    "body_part": "body_part_examined",
-    "view_position": "view_position",
-    "orientation": "orientation",
-}
-PATTERN_ATTRIBUTES = {"series_description": "series_description", "protocol_name": "protocol_name"}
-NUMBER_ATTRIBUTES = NUMBER_CRITERIA
-IMAGE_TYPE_ATTRIBUTES = IMAGE_TYPE_CRITERIA
-STUDY_ATTRIBUTES = STUDY_CRITERIA
 KNOWN = set(CRITERIA)
 
-__all__ = ["DEFAULT_ROUTES", "KNOWN", "SELECTIONS", "NumberTest", "Route", "compile_route", "compile_routes"]
-
-_SPINE_BODY_PARTS = [
-    "SPINE", "CSPINE", "TSPINE", "LSPINE", "CHEST", "THORAX", "ABDOMEN", "CHESTABDOMEN", "ABDOMENPELVIS",
-    "CHESTABDOMENPELVIS", "CHEST_ABDOMEN_PELVIS", "TRUNK", "WHOLEBODY", "WHOLE BODY",
-]  # fmt: skip
-
-DEFAULT_ROUTES: tuple[Mapping[str, Any], ...] = (
-    {
-        "pipeline": "cxr-classification",
-        "select": "first",
-        "match": {
-            "modality": ["CR", "DX"],
-            "view_position": ["PA", "AP"],
-            "image_type_not": ["LOCALIZER"],
-        },
-        "match_any": [
-            {"body_part": ["CHEST", "THORAX", "LUNG"]},
-            {"series_description": r"(?i)\b(chest|thorax|thx|cxr|lung)"},
-        ],
-    },
-    {
-        "pipeline": "ct-lung-nodules",
-        "select": "thinnest",
-        "match": {
-            "modality": "CT",
-            "orientation": "axial",
-            "slice_thickness": "<= 3",
-            "num_instances": ">= 40",
-            "image_type_not": ["LOCALIZER"],
-        },
-        "match_any": [
-            {"body_part": ["CHEST", "THORAX", "LUNG", "CHESTABDOMEN", "CHESTABDOMENPELVIS", "TRUNK"]},
-            {"series_description": r"(?i)chest|thora|lung|thx"},
-        ],
-    },
-    {
-        "pipeline": "ct-vertebrae",
-        "select": "thinnest",
-        "match": {
-            "modality": "CT",
-            "orientation": "axial",
-            "slice_thickness": "<= 5",
-            "extent_mm": ">= 100",
-            "image_type_not": ["LOCALIZER"],
-        },
-        "match_any": [
-            {"body_part": _SPINE_BODY_PARTS},
-            {"series_description": r"(?i)spine|vertebr|whole.?body|chest|abdom|thora"},
-        ],
-    },
-)
+__all__ = [
+    "DEFAULT_ROUTES",
+    "IMAGE_TYPE_ATTRIBUTES",
+    "KNOWN",
+    "NUMBER_ATTRIBUTES",
+    "PATTERN_ATTRIBUTES",
+    "SELECTIONS",
+    "STUDY_ATTRIBUTES",
+    "TEXT_ATTRIBUTES",
+    "NumberTest",
+    "Route",
+    "SeriesEvaluation",
+    "compile_route",
+    "compile_routes",
+    "route_study",
+]
 
 
 def parse_number_test(value: Any, *, name: str) -> NumberTest:
@@ -129,66 +90,33 @@ def parse_number_test(value: Any, *, name: str) -> NumberTest:
         raise ConfigError(f"{name}: {error.message()}") from None
 
 
-SeriesTest = Callable[[Study, Series], str | None]
-"""Returns ``None`` when the series passes, else why it does not."""
+@dataclass(frozen=True)
+class SeriesEvaluation:
+    """Every condition of one rule applied to one series, and the refusal ``why_not`` gives."""
+
+    series: Series
+    match: tuple[Verdict, ...]
+    match_any: tuple[tuple[Verdict, ...], ...]
+    reason: str | None
+
+    @property
+    def qualifies(self) -> bool:
+        return self.reason is None
 
 
-def _series_value(series: Series, key: str) -> Any:
-    if key == "extent_mm":
-        if series.slice_thickness is None:
+def _refusal(match: Sequence[Verdict], match_any: Sequence[Sequence[Verdict]]) -> str | None:
+    """The first refusal of ``match``, else (when no alternative holds) the first of each alternative."""
+    if (failed := next((v.reason for v in match if not v.passed), None)) is not None:
+        return failed
+    if not match_any:
+        return None
+    reasons = []
+    for alternative in match_any:
+        first = next((v.reason for v in alternative if not v.passed), None)
+        if first is None:
             return None
-        return series.slice_thickness * series.num_instances
-    return getattr(series, key)
-
-
-def _compile_criterion(key: str, value: Any) -> SeriesTest:
-    """One checked criterion (see ``config.routes.MatchBlock``) as a test of a series of a study."""
-    if key in TEXT_ATTRIBUTES:
-        allowed: tuple[str, ...] = value
-        attribute = TEXT_ATTRIBUTES[key]
-
-        def text_test(_study: Study, series: Series) -> str | None:
-            actual = (getattr(series, attribute) or "").strip().upper()
-            return None if actual in allowed else f"{key} {actual or '(none)'} not in {list(allowed)}"
-
-        return text_test
-    if key in PATTERN_ATTRIBUTES:
-        pattern = value
-        pattern_attribute = PATTERN_ATTRIBUTES[key]
-
-        def pattern_test(_study: Study, series: Series) -> str | None:
-            actual = getattr(series, pattern_attribute) or ""
-            return None if pattern.search(actual) else f"{key} does not match {pattern.pattern!r}"
-
-        return pattern_test
-    if key in NUMBER_ATTRIBUTES:
-        number: NumberTest = value
-
-        def numeric_test(_study: Study, series: Series) -> str | None:
-            actual = _series_value(series, key)
-            return None if number(actual) else f"{key} {actual} is not {number.text}"
-
-        return numeric_test
-    if key in IMAGE_TYPE_ATTRIBUTES:
-        wanted = set(value)
-        must_hold = key == "image_type"
-
-        def image_type_test(_study: Study, series: Series) -> str | None:
-            values = {v.strip().upper() for v in (series.image_type or "").split("\\") if v.strip()}
-            if must_hold and not wanted <= values:
-                return f"image type {sorted(values)} lacks {sorted(wanted - values)}"
-            if not must_hold and wanted & values:
-                return f"image type holds {sorted(wanted & values)}"
-            return None
-
-        return image_type_test
-    titles: tuple[str, ...] = value
-
-    def calling_test(study: Study, _series: Series) -> str | None:
-        actual = (study.calling_ae_title or "").strip().upper()
-        return None if actual in titles else f"calling AE {actual or '(none)'} not in {list(titles)}"
-
-    return calling_test
+        reasons.append(first)
+    return " and ".join(reasons)
 
 
 @dataclass(frozen=True)
@@ -196,8 +124,8 @@ class Route:
     """One compiled ``[[routes]]`` rule."""
 
     pipeline: str
-    match: tuple[SeriesTest, ...]
-    match_any: tuple[tuple[SeriesTest, ...], ...]
+    match: tuple[Condition, ...]
+    match_any: tuple[tuple[Condition, ...], ...]
     select: str = "thinnest"
     quiet_period: float | None = None
     modalities: tuple[str, ...] = ()
@@ -225,6 +153,12 @@ class Route:
                 return None
             reasons.append(failed)
         return " and ".join(reasons)
+
+    def evaluate(self, study: Study, series: Series) -> SeriesEvaluation:
+        """Every condition's verdict on ``series`` (``why_not`` stops at the first refusal instead)."""
+        match = tuple(c.verdict(study, series) for c in self.match)
+        match_any = tuple(tuple(c.verdict(study, series) for c in block) for block in self.match_any)
+        return SeriesEvaluation(series, match, match_any, _refusal(match, match_any))
 
     def choose(self, candidates: Sequence[Series]) -> Series:
         """The series this pipeline analyses among those that qualify."""
@@ -254,9 +188,9 @@ def route_spec(table: Mapping[str, Any] | RouteSpec, index: int = 0) -> RouteSpe
 def _compile(spec: RouteSpec) -> Route:
     return Route(
         pipeline=spec.pipeline,
-        match=tuple(_compile_criterion(k, v) for k, v in spec.match.criteria()),
+        match=tuple(compile_criterion(k, v) for k, v in spec.match.criteria()),
         match_any=tuple(
-            tuple(_compile_criterion(k, v) for k, v in block.criteria()) for block in spec.match_any
+            tuple(compile_criterion(k, v) for k, v in block.criteria()) for block in spec.match_any
         ),
         select=spec.select,
         quiet_period=spec.quiet_period,

@@ -1,13 +1,25 @@
-"""Routing rules: shipped defaults, numeric comparisons, orientation, image type, refusal reasons."""
+"""Routing rules: shipped defaults on really indexed files, numeric comparisons, orientation, image type,
+refusal reasons."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select
 
 from dicom_node.config import RouteSpec, load_settings
 from dicom_node.errors import ConfigError
+from dicom_node.index.database import Database
 from dicom_node.index.models import Series, Study
+from dicom_node.storage.ingest import Ingest, describe_instance
+from dicom_node.storage.store import InstanceStore
 from dicom_node.workflow.assembly import study_window
+from dicom_node.workflow.criteria import series_extent
+from dicom_node.workflow.defaults import NOT_CHEST_WORDS
+from dicom_node.workflow.explain import explain_study
 from dicom_node.workflow.routing import (
     DEFAULT_ROUTES,
     IMAGE_TYPE_ATTRIBUTES,
@@ -21,6 +33,8 @@ from dicom_node.workflow.routing import (
     parse_number_test,
     route_study,
 )
+from tests.conftest import CXR
+from tests.factories import HEAD_CT, UNTAGGED_CT, write_ct_series, write_description_only_radiograph
 
 
 def _study(*series: Series, calling_ae: str = "CT1") -> Study:
@@ -35,6 +49,7 @@ def _series(id_: int, **attributes) -> Series:
 
 
 def _ct(id_: int, thickness: float, count: int, **attributes) -> Series:
+    """A contiguous axial series: ``count`` slices ``thickness`` apart (ingest records their range)."""
     return _series(
         id_,
         modality="CT",
@@ -42,6 +57,8 @@ def _ct(id_: int, thickness: float, count: int, **attributes) -> Series:
         slice_thickness=thickness,
         num_instances=count,
         image_type="ORIGINAL\\PRIMARY\\AXIAL",
+        slice_position_min=0.0,
+        slice_position_max=thickness * (count - 1),
         **attributes,
     )
 
@@ -174,3 +191,217 @@ def test_criteria_are_tried_in_the_order_written():
     )
     coronal_mr = _series(1, modality="MR", orientation="coronal", num_instances=5)
     assert route.why_not(_study(coronal_mr), coronal_mr).startswith("num_instances 5")
+
+
+# --- The shipped defaults on rows indexed by the real Ingest from real and generated files -------------
+
+
+class Indexed:
+    """A real index and store: files go in through ``describe_instance`` and ``Ingest.store_encoded``."""
+
+    def __init__(self, root: Path, url: str | None = None) -> None:
+        self.database = Database(url or f"sqlite:///{root / 'index.sqlite3'}")
+        self.database.upgrade()
+        self.ingest = Ingest(InstanceStore(root / "store"), self.database)
+
+    def add(self, paths) -> str:
+        study_uid = ""
+        for path in paths:
+            ds = dcmread(path, stop_before_pixels=True)
+            received = describe_instance(ds, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID))
+            self.ingest.store_encoded(received, Path(path).read_bytes())
+            study_uid = received.study_instance_uid
+        return study_uid
+
+    def route(self, study_uid: str, routes=None):
+        """(decision, explanation) of the shipped defaults (or ``routes``) on the indexed study."""
+        with self.database.sessions() as session:
+            study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+            compiled = compile_routes(routes or [])
+            explanation = explain_study(study, compiled)
+            decision = route_study(study, compiled)
+            assert explanation.decision == decision  # explain applies the rules exactly as routing does
+            return decision, explanation
+
+    def study(self, study_uid: str) -> Study:
+        with self.database.sessions() as session:
+            study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+            assert study is not None
+            _ = list(study.series)
+            return study
+
+
+@pytest.fixture
+def indexed(tmp_path):
+    index = Indexed(tmp_path)
+    yield index
+    index.database.dispose()
+
+
+@pytest.fixture
+def indexed_anywhere(tmp_path, database_url):
+    """``indexed`` on SQLite and on PostgreSQL (ingest's statements differ in what each accepts)."""
+    index = Indexed(tmp_path, database_url)
+    yield index
+    index.database.dispose()
+
+
+def _pipelines(decision) -> set[str]:
+    return {m.pipeline for m in decision.matches}
+
+
+def _rule(explanation, pipeline):
+    return next(r for r in explanation.rules if r.route.pipeline == pipeline)
+
+
+def _verdicts(rule, criterion):
+    """Every verdict on ``criterion`` (match and match_any) of the rule's only series."""
+    (evaluation,) = rule.series
+    return [
+        v
+        for v in (*evaluation.match, *(v for b in evaluation.match_any for v in b))
+        if v.criterion == criterion
+    ]
+
+
+def test_the_shared_siemens_ct_goes_to_vertebrae_by_geometry(indexed_anywhere, test_data):
+    indexed = indexed_anywhere
+    # BodyPartExamined PARTIALBODY, SeriesDescription "CT Body 3.0", 20 slices 2 mm apart, 3 mm thick.
+    uid = indexed.add(sorted((test_data / "ct" / "totalseg_dicom").glob("*.dcm")))
+    study = indexed.study(uid)
+    assert study.requested_procedure_description == "PET/CT Onko/Infekt"
+    assert "NPONKINF^SECTRA^PET/CT Onko/Infekt" in study.procedure_codes
+    (series,) = study.series
+    assert (series.body_part_examined, series.series_description) == ("PARTIALBODY", "CT Body 3.0")
+    assert (series.slice_position_min, series.slice_position_max) == (-804.5, -766.5)
+    assert series_extent(series) == 41.0  # 38 mm from first to last position, plus one 3 mm slice
+
+    decision, explanation = indexed.route(uid)
+    assert [(m.pipeline, m.series_instance_uid) for m in decision.matches] == [
+        ("ct-vertebrae", series.series_instance_uid)
+    ]
+    vertebrae = _rule(explanation, "ct-vertebrae")
+    assert vertebrae.chosen.id == series.id and vertebrae.why_chosen.startswith("thinnest of 1")
+    (evaluation,) = vertebrae.series
+    holding = [block for block in evaluation.match_any if all(v.passed for v in block)]
+    assert [[v.criterion for v in block] for block in holding] == [
+        ["body_part", "anatomic_region", "description_not"]
+    ]
+    # The nodule route: too few slices, and by geometry alone far from a chest's reach.
+    nodules = _rule(explanation, "ct-lung-nodules")
+    assert nodules.chosen is None and nodules.series[0].reason == "num_instances 20 is not >= 40"
+    extent = _verdicts(nodules, "extent_mm")
+    assert [v.reason for v in extent] == ["extent_mm 41.0 is not >= 100", "extent_mm 41.0 is not >= 150"]
+    assert extent[0].seen.startswith("41.0 (slice positions -804.5 to -766.5, thickness 3.0)")
+
+
+@pytest.mark.parametrize(
+    ("headers", "routed"),
+    [
+        ({}, True),  # StudyDescription "CHEST PA" is the only chest clue (ViewPosition PA)
+        ({"StudyDescription": "Thorax p.a."}, True),
+        ({"StudyDescription": "RX TORAX", "BodyPartExamined": "PORTABLE"}, True),  # only the description
+        ({"StudyDescription": None, "SeriesDescription": "Tórax PA"}, True),
+        ({"StudyDescription": None, "BodyPartExamined": "TORAX"}, True),
+        ({"StudyDescription": None, "RequestedProcedureDescription": "Lunge 2 Ebenen"}, True),
+        ({"StudyDescription": None}, True),  # a frontal view, and nothing names another region
+        ({"StudyDescription": None, "SeriesDescription": "HAND PA"}, False),
+        ({"StudyDescription": None, "ViewPosition": "AP", "BodyPartExamined": "KNEE"}, False),
+        ({"StudyDescription": None, "BodyPartExamined": "PORTABLE"}, False),  # nothing says chest
+        ({"StudyDescription": "CHEST LAT", "ViewPosition": "LL"}, False),
+        ({"StudyDescription": "CHEST PA", "BodyPartExamined": "SKULL"}, False),  # tags that disagree
+        ({"ViewPosition": None}, False),  # the classifier's pipeline refuses an unstated view
+    ],
+)
+def test_radiographs_are_routed_on_any_chest_clue(indexed, tmp_path, headers, routed):
+    path = write_description_only_radiograph(tmp_path / "dx.dcm", CXR, headers=headers)
+    decision, _ = indexed.route(indexed.add([path]))
+    assert _pipelines(decision) == ({"cxr-classification"} if routed else set()), decision.reason
+    if not routed:
+        assert decision.reason.startswith("no route matched — cxr-classification: series 1: ")
+
+
+def test_coded_clues_route_a_radiograph(indexed, tmp_path):
+    portable = {"BodyPartExamined": "PORTABLE"}  # so that the frontal view alone does not route it
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "51185008", "SCT", "Chest"
+    procedure = Dataset()
+    procedure.CodeValue, procedure.CodingSchemeDesignator, procedure.CodeMeaning = (
+        "RX12",
+        "99LOCAL",
+        "RX Thorax",
+    )
+    by_region = write_description_only_radiograph(
+        tmp_path / "a.dcm", CXR, study_description=None, headers={"AnatomicRegionSequence": [region]}
+    )
+    by_code = write_description_only_radiograph(
+        tmp_path / "b.dcm",
+        CXR,
+        study_description=None,
+        headers={**portable, "ProcedureCodeSequence": [procedure]},
+    )
+    for path in (by_region, by_code):
+        decision, _ = indexed.route(indexed.add([path]))
+        assert _pipelines(decision) == {"cxr-classification"}
+    assert indexed.study(indexed.add([by_code])).procedure_codes == "RX12^99LOCAL^RX Thorax"
+    site_rule = {"pipeline": "cxr-classification", "match": {"modality": "DX", "procedure_code": ["rx12"]}}
+    decision, _ = indexed.route(indexed.add([by_code]), [site_rule])
+    assert _pipelines(decision) == {"cxr-classification"}
+
+
+def test_the_real_radiograph_goes_to_cxr_classification(indexed):
+    decision, explanation = indexed.route(indexed.add([CXR]))  # CR, BodyPartExamined CHEST, PA
+    assert _pipelines(decision) == {"cxr-classification"}
+    assert _rule(explanation, "cxr-classification").why_chosen.startswith("lowest series number of 1")
+
+
+def test_a_head_ct_is_not_sent_to_the_nodule_or_spine_pipelines(indexed, tmp_path):
+    # 64 slices 2.5 mm apart reach 160 mm: geometry alone would pass; the descriptions say HEAD.
+    paths = write_ct_series(tmp_path / "head", 64, rows=16, columns=16, thickness=2.5, headers=HEAD_CT)
+    decision, explanation = indexed.route(indexed.add(paths))
+    assert decision.matches == ()
+    nodules = _rule(explanation, "ct-lung-nodules").series[0]
+    assert nodules.reason.endswith("study_description 'CT HEAD' matches description_not")
+    geometry = nodules.match_any[3]
+    assert [(v.criterion, v.wanted) for v in geometry if not v.passed] == [
+        ("description_not", repr(NOT_CHEST_WORDS))  # the reason is brief; explain shows the whole pattern
+    ]
+    assert "ct-lung-nodules: series 2: body_part (none) not in" in decision.reason
+    assert "study_description 'CT HEAD' matches description_not" in decision.reason.split("ct-vertebrae")[1]
+
+
+def test_a_ct_without_body_part_or_description_is_routed_by_its_reach(indexed, tmp_path):
+    long = write_ct_series(tmp_path / "long", 80, rows=16, columns=16, thickness=2.5, headers=UNTAGGED_CT)
+    decision, _ = indexed.route(indexed.add(long))  # 200 mm: chest-like by geometry (until content checks)
+    assert _pipelines(decision) == {"ct-lung-nodules", "ct-vertebrae"}
+    short = write_ct_series(tmp_path / "short", 48, rows=16, columns=16, thickness=2.5, headers=UNTAGGED_CT)
+    decision, explanation = indexed.route(indexed.add(short))  # 120 mm: a spine, not surely a chest
+    assert _pipelines(decision) == {"ct-vertebrae"}
+    geometry = _rule(explanation, "ct-lung-nodules").series[0].match_any[3]
+    assert [v.reason for v in geometry if not v.passed] == ["extent_mm 120.0 is not >= 150"]
+
+
+def test_extent_comes_from_slice_positions_not_the_instance_count(indexed_anywhere, tmp_path):
+    indexed = indexed_anywhere
+    # A dynamic series: 60 instances at 3 positions is 3.75 mm of patient, however many instances.
+    dynamic = write_ct_series(tmp_path / "dyn", 60, rows=16, columns=16, z_positions=[0.0, 1.25, 2.5])
+    decision, explanation = indexed.route(indexed.add(dynamic))
+    assert decision.matches == ()
+    assert _rule(explanation, "ct-lung-nodules").series[0].reason == "extent_mm 3.75 is not >= 100"
+    # Feet first with mirrored columns, sent in reverse: the same reach, the same positions.
+    flipped = write_ct_series(
+        tmp_path / "ffs",
+        50,
+        rows=16,
+        columns=16,
+        thickness=2.5,
+        headers={"PatientPosition": "FFS", "ImageOrientationPatient": [-1, 0, 0, 0, 1, 0]},
+    )
+    uid = indexed.add(reversed(flipped))
+    (series,) = indexed.study(uid).series
+    assert (series.slice_position_min, series.slice_position_max, series_extent(series)) == (
+        -122.5,
+        0.0,
+        125.0,
+    )
+    assert _pipelines(indexed.route(uid)[0]) == {"ct-lung-nodules", "ct-vertebrae"}  # body part CHEST
