@@ -193,6 +193,7 @@ def write_large_ct(
         handle.write(header.getvalue())
         handle.write(b"\xe0\x7f\x10\x00OW\x00\x00" + length.to_bytes(4, "little"))
         handle.truncate(handle.tell() + length)
+    return path
 
 
 def write_description_only_radiograph(

@@ -215,6 +215,11 @@ def _complete(
             return None
         job = session.get(Job, job_id)
         assert job is not None
+        # This run's results replace the job's earlier ones: a job retried after its input changed
+        # must not deliver the old objects beside the new ones (its new SR names the old one).
+        current = {(r.profile, r.sop_instance_uid) for r in results}
+        for stale in [r for r in job.results if (r.profile, r.sop_instance_uid) not in current]:
+            session.delete(stale)
         known = {(r.profile, r.sop_instance_uid) for r in job.results}
         for result in results:
             if (result.profile, result.sop_instance_uid) not in known:

@@ -18,28 +18,22 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Float, Row, bindparam, insert, text, update
+from sqlalchemy import Connection, Row, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from dicom_node.errors import IndexUnavailableError, InvalidIdentifierError
+from dicom_node.errors import IndexUnavailableError
 from dicom_node.index.database import Database
 from dicom_node.index.leases import LeaseLostError
 from dicom_node.index.models import (
-    Instance,
-    Series,
-    SeriesState,
-    Study,
-    StudyState,
-    UtcDateTime,
     utcnow,
 )
 from dicom_node.ops.metrics import RECEIVED_INSTANCES
 from dicom_node.storage.attributes import ReceivedInstance, describe_instance, orientation_of
+from dicom_node.storage.indexing import StoreOutcome, index_instance
 from dicom_node.storage.part10 import META_READ, dataset_offset, dataset_sha256
 from dicom_node.storage.store import InstanceStore, Intent, StoredFile, storage_error
 
@@ -56,45 +50,11 @@ __all__ = [
 LOG = logging.getLogger(__name__)
 
 
-# The statements run for every received instance, written once as SQL text with typed parameters:
-# building and cache-keying the equivalent expression objects cost more than executing them.
-_TIME = UtcDateTime()
+# Run for every received instance, as SQL text (see storage/indexing.py for why).
 _SELECT_INSTANCE = text(
     "SELECT id, sha256, path, size, series_id FROM instance WHERE sop_instance_uid = :uid"
 )
 _UPDATE_SHA256 = text("UPDATE instance SET sha256 = :sha256 WHERE id = :id")
-_SELECT_STUDY = text("SELECT id, modalities FROM study WHERE study_instance_uid = :uid")
-_SELECT_SERIES = text("SELECT id, study_id FROM series WHERE series_instance_uid = :uid")
-_INSERT_INSTANCE = text(
-    "INSERT INTO instance (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
-    " instance_number, path, size, sha256, version, calling_ae_title, association_id, received_at)"
-    " VALUES (:series_id, :sop_instance_uid, :sop_class_uid, :transfer_syntax_uid, :instance_number,"
-    " :path, :size, :sha256, 1, :calling_ae_title, :association_id, :received_at)"
-).bindparams(bindparam("received_at", type_=_TIME))
-# The slice positions widen the series' range (its extent_mm); a CASE, portable to SQLite and PostgreSQL.
-_UPDATE_SERIES = text(
-    "UPDATE series SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
-    " last_received_at = :now, state = :receiving, stable_at = NULL,"
-    " slice_position_min = CASE WHEN slice_position_min IS NULL OR :low < slice_position_min"
-    " THEN :low ELSE slice_position_min END,"
-    " slice_position_max = CASE WHEN slice_position_max IS NULL OR :high > slice_position_max"
-    " THEN :high ELSE slice_position_max END"
-    " WHERE id = :id"
-).bindparams(bindparam("now", type_=_TIME), bindparam("low", type_=Float()), bindparam("high", type_=Float()))
-# A late instance re-opens a complete study; assembly closes it again as a new revision.
-_UPDATE_STUDY = text(
-    "UPDATE study SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
-    " num_series = num_series + :new_series, last_received_at = :now,"
-    " state = CASE WHEN state = :complete THEN :updated ELSE state END,"
-    " calling_ae_title = COALESCE(:calling, calling_ae_title), modalities = COALESCE(:modalities, modalities)"
-    " WHERE id = :id"
-).bindparams(bindparam("now", type_=_TIME))
-
-
-class StoreOutcome(StrEnum):
-    STORED = "stored"
-    DUPLICATE = "duplicate"
-    REPLACED = "replaced"
 
 
 class InstanceSource(StrEnum):
@@ -273,7 +233,7 @@ class Ingest:
                     self.store.keep_copy(existing.path, existing.sha256)
                 if tmp_path is not None:
                     self.store.commit(tmp_path, relative)
-                outcome = self._index(
+                outcome = index_instance(
                     conn, received, relative, written, existing, now, calling_ae_title, association_id
                 )
                 conn.commit()
@@ -318,129 +278,3 @@ class Ingest:
             final.replace(tmp_path)
         if kept is not None and old_path is not None and kept.exists():
             self.store.restore(kept, old_path)
-
-    def _index(
-        self,
-        conn: Connection,
-        received: ReceivedInstance,
-        relative: str,
-        written: StoredFile,
-        existing: Row[int, str, str, int, int] | None,
-        now: datetime,
-        calling_ae_title: str | None,
-        association_id: int | None,
-    ) -> StoreOutcome:
-        study_row = conn.execute(_SELECT_STUDY, {"uid": received.study_instance_uid}).first()
-        if study_row is None:
-            study_id = conn.execute(
-                insert(Study).returning(Study.id),
-                {
-                    **{k: v for k, v in received.study.items()},
-                    "study_instance_uid": received.study_instance_uid,
-                    "first_received_at": now,
-                    "last_received_at": now,
-                    "num_series": 0,
-                    "num_instances": 0,
-                    "total_bytes": 0,
-                    "revision": 0,
-                    "state": StudyState.RECEIVING,
-                    "modalities": "",
-                    "calling_ae_title": None if received.produced_here else calling_ae_title,
-                },
-            ).scalar_one()
-            modalities_text = ""
-        else:
-            study_id, modalities_text = study_row
-        series_row = conn.execute(_SELECT_SERIES, {"uid": received.series_instance_uid}).first()
-        new_series = series_row is None
-        if series_row is None:
-            series_id = conn.execute(
-                insert(Series).returning(Series.id),
-                {
-                    **received.series,
-                    "series_instance_uid": received.series_instance_uid,
-                    "study_id": study_id,
-                    "first_received_at": now,
-                    "last_received_at": now,
-                    "num_instances": 0,
-                    "total_bytes": 0,
-                    "state": SeriesState.RECEIVING,
-                },
-            ).scalar_one()
-        else:
-            series_id, owner = series_row
-            if owner != study_id:
-                raise InvalidIdentifierError(
-                    "Series Instance UID (0020,000E) already belongs to another study"
-                )
-
-        if existing is None:
-            conn.execute(
-                _INSERT_INSTANCE,
-                {
-                    "series_id": series_id,
-                    "sop_instance_uid": received.sop_instance_uid,
-                    "sop_class_uid": received.sop_class_uid,
-                    "transfer_syntax_uid": received.transfer_syntax_uid,
-                    "instance_number": received.instance_number,
-                    "path": relative,
-                    "size": written.size,
-                    "sha256": written.sha256,
-                    "calling_ae_title": calling_ae_title,
-                    "association_id": association_id,
-                    "received_at": now,
-                },
-            )
-            outcome, added, delta = StoreOutcome.STORED, 1, written.size
-        else:
-            outcome = StoreOutcome.DUPLICATE if existing.sha256 == written.sha256 else StoreOutcome.REPLACED
-            added, delta = 0, written.size - existing.size
-            conn.execute(
-                update(Instance)
-                .where(Instance.id == existing.id)
-                .values(
-                    sha256=written.sha256,
-                    size=written.size,
-                    path=relative,
-                    transfer_syntax_uid=received.transfer_syntax_uid,
-                    received_at=now,
-                    calling_ae_title=calling_ae_title,
-                    association_id=association_id,
-                    version=Instance.version + (1 if outcome is StoreOutcome.REPLACED else 0),
-                )
-            )
-        conn.execute(
-            _UPDATE_SERIES,
-            {
-                "added": added,
-                "delta": delta,
-                "now": now,
-                "receiving": SeriesState.RECEIVING.value,
-                "low": received.slice_range[0] if received.slice_range else None,
-                "high": received.slice_range[1] if received.slice_range else None,
-                "id": series_id,
-            },
-        )
-        if received.produced_here:
-            # The node's own results: what routing and send-back-to-caller read about the study
-            # (calling AE, modalities, counts, state, last arrival) stays what was received.
-            return outcome
-        modality = received.series.get("modality")
-        modalities = set(filter(None, (modalities_text or "").split("\\")))
-        conn.execute(
-            _UPDATE_STUDY,
-            {
-                "added": added,
-                "delta": delta,
-                "new_series": 1 if new_series else 0,
-                "now": now,
-                "complete": StudyState.COMPLETE.value,
-                "updated": StudyState.UPDATED.value,
-                "calling": calling_ae_title or None,
-                "modalities": "\\".join(sorted(modalities | {modality}))
-                if modality and modality not in modalities
-                else None,
-                "id": study_id,
-            },
-        )
-        return outcome

@@ -46,7 +46,8 @@ def test_description_only_radiograph_is_routed_by_the_shipped_defaults(
     pacs.start()
     node = node_factory(task_time_limit=300, running_lease=60)
     shipped = node.config.read_text().split("[[routes]]")[0]  # the fixture's own route removed
-    node.config.write_text(shipped)
+    # Scaffold weights run only when allowed, and are then marked UNTRAINED (tests/jobs/test_untrained.py).
+    node.config.write_text(shipped + "[analysis]\nallow_untrained = true\n")
     assert "[[routes]]" not in node.config.read_text()
     node.serve()
     node._start(["worker", "--concurrency", "1"], "worker.log", DICOM_NODE_MODELS_DIR=str(models_dir))

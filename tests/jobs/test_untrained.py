@@ -64,7 +64,7 @@ def send(node: NodeUnderTest, path: Path, *options: str) -> None:
 
 
 def test_a_scaffold_model_is_skipped_with_the_reason_and_status_says_untrained(
-    tmp_path, redis_db, pacs, node_factory, shared_data
+    tmp_path, redis_db, pacs, node_factory, test_data
 ):
     models_dir = tmp_path / "models"
     version = install_scaffold(models_dir, tmp_path, TXRV)
@@ -73,7 +73,7 @@ def test_a_scaffold_model_is_skipped_with_the_reason_and_status_says_untrained(
     configure(node, models_dir, CXR_ROUTE, allow_untrained=None)  # the default: not allowed
     node.serve()
     node.worker()
-    send(node, shared_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm", "-xy")
+    send(node, test_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm", "-xy")
 
     def finished() -> list[Job]:
         database = node.database()
