@@ -25,7 +25,6 @@ import logging
 import os
 import random
 import socket
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from enum import StrEnum
@@ -37,7 +36,7 @@ from sqlalchemy import func, update
 
 from dicom_node.config import DEFAULT_TIMEOUTS, Destination, DimseTimeouts, JobSettings, Settings
 from dicom_node.delivery.scu import FileToSend, SendReport, associate, is_success, make_ae
-from dicom_node.index.leases import LeaseHeartbeat, LeaseLostError
+from dicom_node.index.leases import LeaseHeartbeat, LeaseLostError, claim
 from dicom_node.index.models import Delivery, DeliveryState, Job, utcnow
 from dicom_node.ops.metrics import DELIVERIES_FINISHED, DELIVERY_ATTEMPTS, DELIVERY_FAILURES, observe_stage
 
@@ -135,27 +134,16 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
 
 def claim_delivery(context: DeliveryContext, delivery_id: int) -> str | None:
     """Take the delivery if it is pending (or sending under a lapsed lease); return the claim token."""
-    token = uuid.uuid4().hex
-    now = utcnow()
-    with context.database.session() as session:
-        result = session.execute(
-            update(Delivery)
-            .where(
-                Delivery.id == delivery_id,
-                (Delivery.state == DeliveryState.PENDING)
-                | ((Delivery.state == DeliveryState.SENDING) & (Delivery.lease_expires_at < now)),
-            )
-            .values(
-                state=DeliveryState.SENDING,
-                attempts=Delivery.attempts + 1,
-                claim_token=token,
-                worker_host=f"{socket.gethostname()}:{os.getpid()}",
-                first_attempt_at=func.coalesce(Delivery.first_attempt_at, now),
-                lease_expires_at=now + timedelta(seconds=context.jobs.running_lease),
-            ),
-            execution_options={"synchronize_session": False},
-        )
-        return token if getattr(result, "rowcount", 0) else None
+    return claim(
+        context.database,
+        Delivery,
+        delivery_id,
+        waiting=DeliveryState.PENDING,
+        working=DeliveryState.SENDING,
+        lease=context.jobs.running_lease,
+        worker_host=f"{socket.gethostname()}:{os.getpid()}",
+        first_attempt_at=func.coalesce(Delivery.first_attempt_at, utcnow()),
+    )
 
 
 def deliver(context: DeliveryContext, delivery_id: int) -> DeliveryOutcome:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Update, update
 from sqlalchemy.orm import Session
@@ -28,6 +30,42 @@ Claimable = type[Job] | type[Delivery]
 
 class LeaseLostError(DicomNodeError):
     """Another worker holds the row now (this one was presumed dead): its work is discarded, not published."""
+
+
+def claim(
+    database: Database,
+    model: Claimable,
+    row_id: int,
+    *,
+    waiting: str,
+    working: str,
+    lease: float,
+    worker_host: str,
+    **values: Any,
+) -> str | None:
+    """Take row ``row_id`` if it is ``waiting`` (or ``working`` under a lapsed lease): one conditional
+    UPDATE that sets ``working``, a fresh claim token, ``lease`` seconds of lease, one more attempt and
+    ``values``; the token, or ``None`` when another worker holds the row or it is done."""
+    token = uuid.uuid4().hex
+    now = utcnow()
+    with database.session() as session:
+        result = session.execute(
+            update(model)
+            .where(
+                model.id == row_id,
+                (model.state == waiting) | ((model.state == working) & (model.lease_expires_at < now)),
+            )
+            .values(
+                state=working,
+                attempts=model.attempts + 1,
+                claim_token=token,
+                worker_host=worker_host,
+                lease_expires_at=now + timedelta(seconds=lease),
+                **values,
+            ),
+            execution_options={"synchronize_session": False},
+        )
+        return token if getattr(result, "rowcount", 0) else None
 
 
 class LeaseHeartbeat:

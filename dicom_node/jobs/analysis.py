@@ -33,7 +33,6 @@ import hashlib
 import io
 import logging
 import time
-import uuid
 from collections.abc import Callable, MutableMapping, Sequence
 from datetime import timedelta
 from enum import StrEnum
@@ -45,7 +44,7 @@ from sqlalchemy import Connection, update
 from sqlalchemy.exc import OperationalError
 
 from dicom_node.errors import DicomNodeError, TransientJobError
-from dicom_node.index.leases import LeaseHeartbeat, LeaseLostError
+from dicom_node.index.leases import LeaseHeartbeat, LeaseLostError, claim
 from dicom_node.index.models import (
     Delivery,
     DeliveryState,
@@ -87,28 +86,17 @@ def destinations_for(
 
 def claim_job(context: WorkerContext, job_id: int) -> str | None:
     """Take the job if it is queued (or running under a lapsed lease); return the claim token."""
-    token = uuid.uuid4().hex
-    now = utcnow()
-    with context.database.session() as session:
-        result = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                (Job.state == JobState.QUEUED)
-                | ((Job.state == JobState.RUNNING) & (Job.lease_expires_at < now)),
-            )
-            .values(
-                state=JobState.RUNNING,
-                attempts=Job.attempts + 1,
-                worker_host=worker_name(),
-                claim_token=token,
-                started_at=now,
-                finished_at=None,
-                lease_expires_at=now + timedelta(seconds=context.jobs.running_lease),
-            ),
-            execution_options={"synchronize_session": False},
-        )
-        return token if getattr(result, "rowcount", 0) else None
+    return claim(
+        context.database,
+        Job,
+        job_id,
+        waiting=JobState.QUEUED,
+        working=JobState.RUNNING,
+        lease=context.jobs.running_lease,
+        worker_host=worker_name(),
+        started_at=utcnow(),
+        finished_at=None,
+    )
 
 
 def _finish(context: WorkerContext, job_id: int, token: str, state: JobState, error: str | None) -> bool:

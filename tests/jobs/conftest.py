@@ -31,6 +31,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     generate_uid,
 )
+from sqlalchemy import select
 
 from dicom_node.index.database import Database
 from tests.jobs.recording_pacs import RecordingPacs
@@ -226,6 +227,15 @@ class NodeUnderTest:
     def log(self, name: str) -> str:
         path = self.root / name
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def rows(self, model: Any) -> list[Any]:
+        """Every row of ``model`` in this node's index, in id order (a fresh read each call)."""
+        database = self.database()
+        try:
+            with database.sessions() as session:
+                return list(session.scalars(select(model).order_by(model.id)).all())
+        finally:
+            database.dispose()
 
     def database(self) -> Database:
         if self.database_url:

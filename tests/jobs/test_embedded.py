@@ -9,21 +9,10 @@ import signal
 import time
 from pathlib import Path
 
-from sqlalchemy import select
-
 from dicom_node.index.models import Delivery, Job, JobState, WorkerRecord
 from dicom_node.jobs.embedded import FIRST_DELAY, HEALTHY_RUN, MAX_DELAY, restart_delay
 from tests.jobs.conftest import make_ct_study, make_dx_study, wait_for
 from tests.jobs.fixed_pipeline import result_uids
-
-
-def _rows(node, model):
-    database = node.database()
-    try:
-        with database.sessions() as session:
-            return list(session.scalars(select(model).order_by(model.id)).all())
-    finally:
-        database.dispose()
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -52,7 +41,7 @@ def _descendants(root: int) -> set[int]:
 def test_kill_9_of_serve_takes_the_embedded_workers_with_it(tmp_path, pacs, node_factory):
     node = node_factory(broker_url="")
     serve = node.serve(worker=True)
-    wait_for(lambda: _rows(node, WorkerRecord), 60, f"the embedded worker\n{node.log('serve.log')}")
+    wait_for(lambda: node.rows(WorkerRecord), 60, f"the embedded worker\n{node.log('serve.log')}")
     time.sleep(2)  # every worker's pool process is up
     workers = _descendants(serve.pid)
     assert len(workers) >= 2, workers  # at least a Celery main process and its pool process
@@ -85,7 +74,7 @@ def test_a_finished_radiograph_is_delivered_while_ct_jobs_run(tmp_path, pacs, no
     dx_uid, dx_files = make_dx_study(tmp_path / "dx")
     node.send(dx_files)
     wait_for(
-        lambda: any(d.failures >= 1 for d in _rows(node, Delivery)),
+        lambda: any(d.failures >= 1 for d in node.rows(Delivery)),
         60,
         f"the radiograph's delivery to fail\n{node.log('serve.log')}",
     )
@@ -93,18 +82,18 @@ def test_a_finished_radiograph_is_delivered_while_ct_jobs_run(tmp_path, pacs, no
     for index in range(2):
         node.send(make_ct_study(tmp_path / f"ct{index}")[1])
     wait_for(
-        lambda: sorted(j.state for j in _rows(node, Job) if j.id != 1) == [JobState.QUEUED, JobState.RUNNING],
+        lambda: sorted(j.state for j in node.rows(Job) if j.id != 1) == [JobState.QUEUED, JobState.RUNNING],
         60,
         "one CT job running and one queued",
     )
     pacs.start()
     expected = result_uids(dx_uid)[1]
     wait_for(lambda: expected in pacs.received(), 20, f"the radiograph's SR\n{node.log('serve.log')}")
-    ct_jobs = [j for j in _rows(node, Job) if j.id != 1]
+    ct_jobs = [j for j in node.rows(Job) if j.id != 1]
     assert all(j.state in (JobState.RUNNING, JobState.QUEUED) for j in ct_jobs), [j.state for j in ct_jobs]
     assert pacs.received() == [expected]
     # One worker per queue: the analysis one was busy all along.
-    assert sorted(w.queues for w in _rows(node, WorkerRecord)) == ["gpu", "io"]
+    assert sorted(w.queues for w in node.rows(WorkerRecord)) == ["gpu", "io"]
 
 
 def test_restart_backoff_doubles_in_a_crash_loop_and_starts_over_after_a_healthy_run():

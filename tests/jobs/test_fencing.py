@@ -10,24 +10,14 @@ import time
 from collections import Counter
 
 from pydicom import dcmread
-from sqlalchemy import select
 
 from dicom_node.index.models import Delivery, DeliveryState, Instance, Job, JobState, Result
 from tests.jobs.conftest import make_ct_study, wait_for
 from tests.jobs.fixed_pipeline import result_uids, stamp_of
 
 
-def _rows(node, model):
-    database = node.database()
-    try:
-        with database.sessions() as session:
-            return list(session.scalars(select(model).order_by(model.id)).all())
-    finally:
-        database.dispose()
-
-
 def _delivered(node, count: int) -> bool:
-    deliveries = _rows(node, Delivery)
+    deliveries = node.rows(Delivery)
     return len(deliveries) == count and all(d.state == DeliveryState.DELIVERED for d in deliveries)
 
 
@@ -40,7 +30,7 @@ def test_worker_frozen_past_its_lease_publishes_nothing_when_it_wakes(tmp_path, 
     )
     study_uid, files = make_ct_study(tmp_path / "study")
     node.send(files)
-    wait_for(lambda: any(j.state == JobState.RUNNING for j in _rows(node, Job)), 60, "the job to start")
+    wait_for(lambda: any(j.state == JobState.RUNNING for j in node.rows(Job)), 60, "the job to start")
     os.killpg(frozen.pid, signal.SIGSTOP)  # the worker and its pool child, mid-pipeline: no heartbeat
     try:
         node._start(
@@ -65,12 +55,12 @@ def test_worker_frozen_past_its_lease_publishes_nothing_when_it_wakes(tmp_path, 
     time.sleep(2 * 0.3 + 1)  # reconciler passes: a delivery it created would be sent by now
     assert Counter(pacs.received()) == Counter({sop_uid: 1})  # exactly one result set at the PACS
 
-    job = _rows(node, Job)[0]
+    job = node.rows(Job)[0]
     assert job.state == JobState.SUCCEEDED and job.attempts == 2
-    assert [r.sop_instance_uid for r in _rows(node, Result)] == [sop_uid]
-    assert len(_rows(node, Delivery)) == 1
+    assert [r.sop_instance_uid for r in node.rows(Result)] == [sop_uid]
+    assert len(node.rows(Delivery)) == 1
     # What the node keeps is what the PACS got: the second worker's object, never replaced by the first's.
-    (stored,) = [i for i in _rows(node, Instance) if i.sop_instance_uid == sop_uid]
+    (stored,) = [i for i in node.rows(Instance) if i.sop_instance_uid == sop_uid]
     assert stored.version == 1
     assert not (node.data_dir / "store" / ".superseded").exists()
     at_pacs = [dcmread(p) for p in (pacs.folder).iterdir() if p.is_file()]
@@ -95,5 +85,5 @@ def test_a_pacs_slower_than_the_lease_receives_each_object_once(
     time.sleep(3)  # long enough for a duplicate send to have started
     expected = Counter(result_uids(uid)[1] for uid, _ in studies)
     assert Counter(recording_pacs.received()) == expected  # each object once
-    assert [d.attempts for d in _rows(node, Delivery)] == [1, 1]
+    assert [d.attempts for d in node.rows(Delivery)] == [1, 1]
     assert all(r.calling_ae_title == "NODE" for r in recording_pacs.receptions)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from sqlalchemy import select
 
 from dicom_node.index.models import Delivery, DeliveryState, Job, JobState
 from dicom_node.reports import UNTRAINED_NOTICE
@@ -28,15 +27,6 @@ pytestmark = pytest.mark.slow
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def _rows(node, model):
-    database = node.database()
-    try:
-        with database.sessions() as session:
-            return list(session.scalars(select(model).order_by(model.id)).all())
-    finally:
-        database.dispose()
 
 
 def _install_scaffolds(models_dir: Path, work: Path) -> None:
@@ -114,11 +104,11 @@ def test_real_ct_and_radiograph_come_back_as_seg_and_sr(tmp_path, redis_db, pacs
         assert result.returncode == 0, result.stderr
 
     def finished() -> bool:
-        jobs = _rows(node, Job)
+        jobs = node.rows(Job)
         return len(jobs) == 3 and all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs)
 
     wait_for(finished, 600, "the three jobs to finish")
-    jobs = {j.pipeline: j for j in _rows(node, Job)}
+    jobs = {j.pipeline: j for j in node.rows(Job)}
     assert jobs["ct-lung-nodules"].state == JobState.SKIPPED
     assert "not installed" in (jobs["ct-lung-nodules"].error or "")
     for name in ("cxr-classification", "ct-vertebrae"):
@@ -126,7 +116,7 @@ def test_real_ct_and_radiograph_come_back_as_seg_and_sr(tmp_path, redis_db, pacs
         assert jobs[name].model_version.startswith("scaffold-")
 
     wait_for(
-        lambda: (d := _rows(node, Delivery)) and all(x.state == DeliveryState.DELIVERED for x in d),
+        lambda: (d := node.rows(Delivery)) and all(x.state == DeliveryState.DELIVERED for x in d),
         120,
         "every delivery",
     )

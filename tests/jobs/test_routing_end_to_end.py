@@ -12,7 +12,6 @@ import subprocess
 
 import pytest
 from pydicom import dcmread
-from sqlalchemy import select
 
 from dicom_node.index.models import Delivery, DeliveryState, Job, JobState, Study
 from models.installer import import_weights, scaffold
@@ -23,15 +22,6 @@ from tests.jobs.conftest import wait_for
 pytestmark = pytest.mark.slow
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def _rows(node, model):
-    database = node.database()
-    try:
-        with database.sessions() as session:
-            return list(session.scalars(select(model).order_by(model.id)).all())
-    finally:
-        database.dispose()
 
 
 def test_description_only_radiograph_is_routed_by_the_shipped_defaults(
@@ -61,7 +51,7 @@ def test_description_only_radiograph_is_routed_by_the_shipped_defaults(
     assert result.returncode == 0, result.stderr
 
     def finished() -> list[Job] | None:
-        jobs = _rows(node, Job)
+        jobs = node.rows(Job)
         return (
             jobs if jobs and all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs) else None
         )
@@ -72,10 +62,10 @@ def test_description_only_radiograph_is_routed_by_the_shipped_defaults(
         node.log("worker.log"),
     )
     assert jobs[0].model_version.startswith("scaffold-")
-    (study,) = _rows(node, Study)
+    (study,) = node.rows(Study)
     assert study.study_description == "CHEST PA" and study.routing_reason is None
     wait_for(
-        lambda: (d := _rows(node, Delivery)) and all(x.state == DeliveryState.DELIVERED for x in d),
+        lambda: (d := node.rows(Delivery)) and all(x.state == DeliveryState.DELIVERED for x in d),
         120,
         "the delivery",
     )
