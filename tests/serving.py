@@ -98,7 +98,10 @@ def send_until(port: int, paths: list[Path], stop_after: int, action: Callable[[
             if not assoc.is_established:
                 break
             ds = dcmread(path)
-            status = assoc.send_c_store(ds)
+            try:
+                status = assoc.send_c_store(ds)
+            except RuntimeError:  # the association ended between the check above and this send
+                break
             if "Status" in status and status.Status == 0x0000:
                 acknowledged.append(str(ds.SOPInstanceUID))
     finally:
