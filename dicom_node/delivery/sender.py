@@ -22,9 +22,7 @@ by a compare-and-set on the claim token, too.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from enum import StrEnum
@@ -141,7 +139,6 @@ def claim_delivery(context: DeliveryContext, delivery_id: int) -> str | None:
         waiting=DeliveryState.PENDING,
         working=DeliveryState.SENDING,
         lease=context.jobs.running_lease,
-        worker_host=f"{socket.gethostname()}:{os.getpid()}",
         first_attempt_at=func.coalesce(Delivery.first_attempt_at, utcnow()),
     )
 

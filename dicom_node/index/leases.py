@@ -11,6 +11,8 @@ learns it lost the row before it publishes or sends anything more.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import uuid
 from datetime import timedelta
@@ -32,6 +34,11 @@ class LeaseLostError(DicomNodeError):
     """Another worker holds the row now (this one was presumed dead): its work is discarded, not published."""
 
 
+def holder() -> str:
+    """``host:pid``: who holds a row this process claims (``worker_host`` of jobs and deliveries)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def claim(
     database: Database,
     model: Claimable,
@@ -40,7 +47,6 @@ def claim(
     waiting: str,
     working: str,
     lease: float,
-    worker_host: str,
     **values: Any,
 ) -> str | None:
     """Take row ``row_id`` if it is ``waiting`` (or ``working`` under a lapsed lease): one conditional
@@ -59,7 +65,7 @@ def claim(
                 state=working,
                 attempts=model.attempts + 1,
                 claim_token=token,
-                worker_host=worker_host,
+                worker_host=holder(),
                 lease_expires_at=now + timedelta(seconds=lease),
                 **values,
             ),

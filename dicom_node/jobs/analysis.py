@@ -53,7 +53,6 @@ from dicom_node.index.models import (
     Result,
     utcnow,
 )
-from dicom_node.jobs.context import worker_name
 from dicom_node.jobs.identity import basis_key, replaced_reports, settle_basis, source_series
 from dicom_node.jobs.registry import Pipeline, PipelineUnavailableError, ResultContext
 from dicom_node.ops.metrics import ANALYSIS_STAGE_SECONDS, JOBS_FINISHED, observe_job_stages
@@ -93,7 +92,6 @@ def claim_job(context: WorkerContext, job_id: int) -> str | None:
         waiting=JobState.QUEUED,
         working=JobState.RUNNING,
         lease=context.jobs.running_lease,
-        worker_host=worker_name(),
         started_at=utcnow(),
         finished_at=None,
     )

@@ -7,12 +7,11 @@ doorbell to ring for follow-up work. It knows nothing of Celery: ``celery_app`` 
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Protocol
 
 from dicom_node.config import JobSettings, Settings
 from dicom_node.index.database import Database
+from dicom_node.index.leases import holder
 from dicom_node.jobs.registry import PipelineRegistry
 from dicom_node.storage.ingest import Ingest
 from dicom_node.storage.store import InstanceStore
@@ -20,8 +19,7 @@ from dicom_node.storage.store import InstanceStore
 
 def worker_name(queues: str = "") -> str:
     """``host:pid``, or ``queues@host:pid`` for a worker's record: who holds a claimed job or delivery."""
-    where = f"{socket.gethostname()}:{os.getpid()}"
-    return f"{queues.replace(',', '+')}@{where}" if queues else where
+    return f"{queues.replace(',', '+')}@{holder()}" if queues else holder()
 
 
 class Doorbell(Protocol):

@@ -18,7 +18,6 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ from dicom_node.storage.store import InstanceStore, Intent, StoredFile, storage_
 
 __all__ = [
     "Ingest",
-    "InstanceSource",
     "ReceivedInstance",
     "StoreOutcome",
     "StoreResult",
@@ -57,13 +55,6 @@ _SELECT_INSTANCE = text(
 _UPDATE_SHA256 = text("UPDATE instance SET sha256 = :sha256 WHERE id = :id")
 
 
-class InstanceSource(StrEnum):
-    """Where a stored instance came from: received over DICOM (or recovered), or a result we wrote."""
-
-    RECEIVED = "received"
-    RESULT = "result"
-
-
 @dataclass(frozen=True)
 class StoreResult:
     outcome: StoreOutcome
@@ -73,8 +64,8 @@ class StoreResult:
 
 def _counted(result: StoreResult, received: ReceivedInstance) -> StoreResult:
     """Count an instance kept (its index commit has returned) in ``dicom_node_received_instances``."""
-    source = InstanceSource.RESULT if received.produced_here else InstanceSource.RECEIVED
-    RECEIVED_INSTANCES.labels(outcome=result.outcome.value, source=source.value).inc()
+    source = "result" if received.produced_here else "received"  # the node's own objects, or not
+    RECEIVED_INSTANCES.labels(outcome=result.outcome.value, source=source).inc()
     return result
 
 
