@@ -159,6 +159,9 @@ class Series(Base):
     """The lowest and highest slice position seen (mm along the slice normal): ``extent_mm`` from these."""
     state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    num_frames: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """The images (planes) the series holds: a single-frame instance counts one, a multi-frame one its
+    Number of Frames. What the ``num_instances`` routing criterion compares (``workflow/criteria.py``)."""
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     first_received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
@@ -177,6 +180,8 @@ class Instance(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     instance_number: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    """Number of Frames of a multi-frame instance; ``None`` for a single-frame one."""
     path: Mapped[str] = mapped_column(String(260))
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))

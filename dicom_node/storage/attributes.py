@@ -19,13 +19,15 @@ from pydicom.dataset import Dataset
 
 from dicom_node.errors import InvalidIdentifierError, UnreadableDatasetError
 from dicom_node.index.models import coded_text
+from dicom_node.storage.frames import frame_planes, number_of_frames
 from dicom_node.storage.store import validate_uid
 
 LOG = logging.getLogger(__name__)
 
 # ``describe_instance`` reads nothing after group 0040 (the request attributes and procedure codes
 # routing reads; Pixel Data is 7FE0), so the edge parses a received data set only up to there
-# (``incoming.read_received``). A new indexed attribute from a later group must move this.
+# (``incoming.read_received``), and a multi-frame one again up to its functional groups
+# (``frames.LAST_FRAME_TAG``). A new indexed attribute from a later group must move this.
 LAST_INDEXED_TAG = 0x0040FFFF
 
 
@@ -184,8 +186,15 @@ class ReceivedInstance:
     series: dict[str, Any]
     slice_range: tuple[float, float] | None = None
     """The lowest and highest slice position this instance holds (one slice: both the same; a multi-frame
-    object would give its frames' range); they widen the series' range at ingest."""
+    object gives its frames' range); they widen the series' range at ingest."""
     produced_here: bool = False
+    number_of_frames: int | None = None
+    """Number of Frames of a multi-frame image (``None``: one frame); the series counts its images."""
+
+    @property
+    def images(self) -> int:
+        """The images (planes) this instance adds to its series."""
+        return self.number_of_frames or 1
 
 
 def describe_instance(
@@ -224,8 +233,14 @@ def describe_instance(
             "requested_procedure_description": _optional(_requested_procedure_description, ds),
             "procedure_codes": _optional(_study_codes, ds),
         }
-        position = slice_position_of(ds)
-        slice_range = None if position is None else (position, position)
+        # A multi-frame image's geometry lies in its functional groups: orientation and thickness of its
+        # first frame, the range of all its frames' positions (storage/frames.py).
+        frames = number_of_frames(ds)
+        planes = frame_planes(ds) or [ds]
+        geometry = planes[0]
+        positions = [p for p in map(slice_position_of, planes) if p is not None]
+        position = min(positions) if positions else None
+        slice_range = (min(positions), max(positions)) if positions else None
         series = {
             "modality": _text(ds, "Modality", 16),
             "body_part_examined": _text(ds, "BodyPartExamined"),
@@ -234,15 +249,15 @@ def describe_instance(
             "series_date": _text(ds, "SeriesDate", 8),
             "protocol_name": _text(ds, "ProtocolName"),
             "image_type": _text(ds, "ImageType", 128),
-            "orientation": orientation_of(ds),
+            "orientation": orientation_of(geometry),
             "view_position": _text(ds, "ViewPosition", 16),
-            "slice_thickness": _number(ds, "SliceThickness"),
+            "slice_thickness": _number(geometry, "SliceThickness") or _number(ds, "SliceThickness"),
             "kvp": _number(ds, "KVP"),
             "manufacturer": _text(ds, "Manufacturer"),
             "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID"),
             "anatomic_region": _optional(lambda d: coded_text(_coded(d.get("AnatomicRegionSequence"))), ds),
             "slice_position_min": position,
-            "slice_position_max": position,
+            "slice_position_max": slice_range[1] if slice_range else None,
         }
     except InvalidIdentifierError:
         raise
@@ -258,4 +273,5 @@ def describe_instance(
         study=study,
         series=series,
         slice_range=slice_range,
+        number_of_frames=frames,
     )

@@ -8,7 +8,8 @@ data set passes ``max_instance_bytes`` (the rest is still read off the network, 
 
 ``read_received`` then checks the file's structure (``integrity.check_complete``, over a read-only
 memory map: only element headers are touched) and parses the data set once, up to the last group the
-index reads (0020, long before the pixel data), for the identifiers and attributes the index keeps.
+index reads (0040, long before the pixel data), for the identifiers and attributes the index keeps; a
+multi-frame image a second time, up to its functional groups (5200, still before the pixel data).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pydicom.uid import UID
 
 from dicom_node.errors import IngestError, InstanceTooLargeError, UnreadableDatasetError
 from dicom_node.storage.attributes import LAST_INDEXED_TAG, ReceivedInstance, describe_instance
+from dicom_node.storage.frames import LAST_FRAME_TAG, is_multiframe
 from dicom_node.storage.integrity import check_complete
 from dicom_node.storage.store import InstanceStore, StoredFile, storage_error
 
@@ -168,6 +170,10 @@ def _past_indexed_groups(tag: int, vr: str | None, length: int) -> bool:
     return tag > LAST_INDEXED_TAG
 
 
+def _past_functional_groups(tag: int, vr: str | None, length: int) -> bool:
+    return tag > LAST_FRAME_TAG
+
+
 def _check_file(fd: int, dataset_offset: int, implicit_vr: bool) -> str | None:
     """``check_complete`` over a read-only map of the file; the failure's message, or None."""
     if os.fstat(fd).st_size <= dataset_offset:
@@ -213,6 +219,17 @@ def read_received(
                     stop_when=_past_indexed_groups,
                     defer_size=DEFER_SIZE,
                 )
+                if is_multiframe(ds):
+                    # Its geometry lies in the functional groups (group 5200): parsed again up to them,
+                    # nothing deferred (the functional groups are one long sequence that a deferred
+                    # value would read from the file a second time).
+                    handle.seek(dataset_offset)
+                    ds = read_dataset(
+                        handle,
+                        syntax.is_implicit_VR,
+                        syntax.is_little_endian,
+                        stop_when=_past_functional_groups,
+                    )
     except UnreadableDatasetError:
         raise
     except Exception as error:  # pydicom raises many types on corrupt input

@@ -20,16 +20,17 @@ from dicom_node.storage.store import StoredFile
 _TIME = UtcDateTime()
 _INSERT_INSTANCE = text(
     "INSERT INTO instance (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
-    " instance_number, path, size, sha256, version, calling_ae_title, association_id, received_at)"
-    " VALUES (:series_id, :sop_instance_uid, :sop_class_uid, :transfer_syntax_uid, :instance_number,"
-    " :path, :size, :sha256, 1, :calling_ae_title, :association_id, :received_at)"
+    " instance_number, number_of_frames, path, size, sha256, version, calling_ae_title, association_id,"
+    " received_at) VALUES (:series_id, :sop_instance_uid, :sop_class_uid, :transfer_syntax_uid,"
+    " :instance_number, :number_of_frames, :path, :size, :sha256, 1, :calling_ae_title, :association_id,"
+    " :received_at)"
 ).bindparams(bindparam("received_at", type_=_TIME))
 _SELECT_STUDY = text("SELECT id, modalities FROM study WHERE study_instance_uid = :uid")
 _SELECT_SERIES = text("SELECT id, study_id FROM series WHERE series_instance_uid = :uid")
 # The slice positions widen the series' range (its extent_mm); a CASE, portable to SQLite and PostgreSQL.
 _UPDATE_SERIES = text(
     "UPDATE series SET num_instances = num_instances + :added, total_bytes = total_bytes + :delta,"
-    " last_received_at = :now, state = :receiving, stable_at = NULL,"
+    " num_frames = num_frames + :frames, last_received_at = :now, state = :receiving, stable_at = NULL,"
     " slice_position_min = CASE WHEN slice_position_min IS NULL OR :low < slice_position_min"
     " THEN :low ELSE slice_position_min END,"
     " slice_position_max = CASE WHEN slice_position_max IS NULL OR :high > slice_position_max"
@@ -57,7 +58,7 @@ def index_instance(
     received: ReceivedInstance,
     relative: str,
     written: StoredFile,
-    existing: Row[int, str, str, int, int] | None,
+    existing: Row[int, str, str, int, int, int | None] | None,
     now: datetime,
     calling_ae_title: str | None,
     association_id: int | None,
@@ -96,6 +97,7 @@ def index_instance(
                 "first_received_at": now,
                 "last_received_at": now,
                 "num_instances": 0,
+                "num_frames": 0,
                 "total_bytes": 0,
                 "state": SeriesState.RECEIVING,
             },
@@ -114,6 +116,7 @@ def index_instance(
                 "sop_class_uid": received.sop_class_uid,
                 "transfer_syntax_uid": received.transfer_syntax_uid,
                 "instance_number": received.instance_number,
+                "number_of_frames": received.number_of_frames,
                 "path": relative,
                 "size": written.size,
                 "sha256": written.sha256,
@@ -123,9 +126,11 @@ def index_instance(
             },
         )
         outcome, added, delta = StoreOutcome.STORED, 1, written.size
+        frames = received.images
     else:
         outcome = StoreOutcome.DUPLICATE if existing.sha256 == written.sha256 else StoreOutcome.REPLACED
         added, delta = 0, written.size - existing.size
+        frames = received.images - (existing.number_of_frames or 1)
         conn.execute(
             update(Instance)
             .where(Instance.id == existing.id)
@@ -134,6 +139,7 @@ def index_instance(
                 size=written.size,
                 path=relative,
                 transfer_syntax_uid=received.transfer_syntax_uid,
+                number_of_frames=received.number_of_frames,
                 received_at=now,
                 calling_ae_title=calling_ae_title,
                 association_id=association_id,
@@ -145,6 +151,7 @@ def index_instance(
         {
             "added": added,
             "delta": delta,
+            "frames": frames,
             "now": now,
             "receiving": SeriesState.RECEIVING.value,
             "low": received.slice_range[0] if received.slice_range else None,

@@ -50,7 +50,7 @@ LOG = logging.getLogger(__name__)
 
 # Run for every received instance, as SQL text (see storage/indexing.py for why).
 _SELECT_INSTANCE = text(
-    "SELECT id, sha256, path, size, series_id FROM instance WHERE sop_instance_uid = :uid"
+    "SELECT id, sha256, path, size, series_id, number_of_frames FROM instance WHERE sop_instance_uid = :uid"
 )
 _UPDATE_SHA256 = text("UPDATE instance SET sha256 = :sha256 WHERE id = :id")
 

@@ -154,6 +154,7 @@ def _adjust_counts(session: Session, instance: Instance, delta: int, *, removed:
     if series is None:
         return
     series.num_instances -= 1 if removed else 0
+    series.num_frames -= (instance.number_of_frames or 1) if removed else 0
     series.total_bytes += delta
     # The node's own results never counted in their study (storage/ingest.py, produced_here).
     own = session.scalar(

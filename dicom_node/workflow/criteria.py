@@ -13,7 +13,10 @@ What each criterion of ``config.routes.MatchBlock`` reads (a series row, or the 
   ``requested_procedure_description`` (study): a regular expression found in the text.
   ``description``: found in any of those four or in a procedure code's meaning; ``description_not``:
   found in none of them.
-* ``slice_thickness``, ``num_instances``, ``kvp``: the series' numbers. ``extent_mm``: how far the series
+* ``slice_thickness``, ``num_instances``, ``kvp``: the series' numbers. ``num_instances`` counts images
+  (planes): a multi-frame image (Enhanced or Legacy Converted Enhanced CT) counts its frames, so one
+  object of 300 frames passes ``>= 40`` as its 300 source slices would, and what it saw reads
+  "300 (multi-frame: 300 frames in 1 instance)" (``series_images``). ``extent_mm``: how far the series
   reaches along its slice normal, from the slice positions received (highest − lowest position, plus one
   slice thickness): a series whose instances share a few positions has a small extent however many
   instances it holds; a series without Image Position (Patient) has none.
@@ -42,6 +45,7 @@ __all__ = [
     "Verdict",
     "compile_criterion",
     "series_extent",
+    "series_images",
 ]
 
 TEXT_ATTRIBUTES = {
@@ -124,6 +128,15 @@ def series_extent(series: Series) -> float | None:
     if low is None or high is None:
         return None
     return round(high - low + (series.slice_thickness or 0.0), 2)
+
+
+def series_images(series: Series) -> tuple[int, str]:
+    """The images (planes) of a series and how reasons show them: frames for a multi-frame series."""
+    images = max(series.num_frames or 0, series.num_instances)
+    if images > series.num_instances:
+        plural = "instance" if series.num_instances == 1 else "instances"
+        return images, f"{images} (multi-frame: {images} frames in {series.num_instances} {plural})"
+    return images, str(images)
 
 
 def _key(text: str, normalised: bool) -> str:
@@ -228,10 +241,12 @@ def _number_condition(key: str, number: NumberTest) -> Check:
             if actual is not None:
                 low, high = series.slice_position_min, series.slice_position_max
                 seen += f" (slice positions {low} to {high}, thickness {series.slice_thickness})"
+        elif key == "num_instances":
+            actual, seen = series_images(series)
         else:
             actual = getattr(series, key)
             seen = "(none)" if actual is None else str(actual)
-        shown = "(none)" if actual is None else str(actual)
+        shown = seen if key == "num_instances" else "(none)" if actual is None else str(actual)
         return seen, None if number(actual) else f"{key} {shown} is not {number.text}"
 
     return check

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dicom_node.index.models import Series, Study
+from dicom_node.workflow.criteria import series_images
 from dicom_node.workflow.routing import Route, RoutingDecision, SeriesEvaluation, route_study
 
 __all__ = ["RuleExplanation", "StudyExplanation", "explain_study", "series_label", "why_chosen"]
@@ -45,10 +46,10 @@ def why_chosen(route: Route, chosen: Series, candidates: Sequence[Series]) -> st
     """Why ``route.choose`` picked ``chosen`` among ``candidates``, in words."""
     among = f"of {len(candidates)} qualifying series"
     if route.select == "most_instances":
-        return f"most instances {among} ({chosen.num_instances})"
+        return f"most instances {among} ({series_images(chosen)[1]})"
     if route.select == "thinnest":
         thickness = "unknown" if chosen.slice_thickness is None else f"{chosen.slice_thickness:g} mm"
-        return f"thinnest {among} ({thickness}, {chosen.num_instances} instances)"
+        return f"thinnest {among} ({thickness}, {series_images(chosen)[1]} images)"
     return f"lowest series number {among} ({chosen.series_number})"
 
 

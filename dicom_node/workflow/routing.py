@@ -59,6 +59,7 @@ from dicom_node.workflow.criteria import (
     Condition,
     Verdict,
     compile_criterion,
+    series_images,
 )
 from dicom_node.workflow.defaults import DEFAULT_ROUTES
 
@@ -163,9 +164,9 @@ class Route:
     def choose(self, candidates: Sequence[Series]) -> Series:
         """The series this pipeline analyses among those that qualify."""
         if self.select == "most_instances":
-            return max(candidates, key=lambda s: (s.num_instances, -s.id))
+            return max(candidates, key=lambda s: (series_images(s)[0], -s.id))
         if self.select == "thinnest":
-            return min(candidates, key=lambda s: (s.slice_thickness or 1e9, -s.num_instances, s.id))
+            return min(candidates, key=lambda s: (s.slice_thickness or 1e9, -series_images(s)[0], s.id))
         return min(
             candidates, key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.id)
         )
