@@ -7,6 +7,8 @@ they are calibrated scores.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
@@ -14,15 +16,17 @@ import pydicom
 
 from pipelines.findings import (
     ClassificationResult,
+    ImageReference,
     ModelInfo,
     NoduleDetectionResult,
     SegmentationResult,
 )
 
 from . import codes as c
+from .frames import group_sources, plane_geometry, region_source, unique_instances
 from .profile import ReportProfile
 from .seg import label_value_from_tracking_id, present_labels
-from .sources import SliceGeometry, SourceIndex
+from .sources import SourceIndex
 from .uids import derive_uid
 
 Group = (
@@ -49,18 +53,19 @@ def _rectangle(cx: float, cy: float, half_w: float, half_h: float) -> npt.NDArra
 
 
 def _region(
-    graphic: npt.NDArray[np.float64], image: pydicom.Dataset
+    graphic: npt.NDArray[np.float64], image: pydicom.Dataset, frame: int | None = None
 ) -> tuple[hd.sr.ImageRegion, hd.sr.CoordinatesForMeasurement]:
-    """The same rectangle as a group-level image region and as the coordinates of a measurement."""
+    """The same rectangle as a group-level image region and as the coordinates of a measurement, on
+    ``image`` (on its frame ``frame`` for a multi-frame image)."""
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=graphic,
-        source_image=hd.sr.SourceImageForRegion.from_source_image(image),
+        source_image=region_source(image, frame),
     )
     coordinates = hd.sr.CoordinatesForMeasurement(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=graphic,
-        source_image=hd.sr.SourceImageForRegion.from_source_image(image),
+        source_image=region_source(image, frame),
     )
     return region, coordinates
 
@@ -151,7 +156,7 @@ def nodule_groups(
     for number, nodule in enumerate(result.nodules, start=1):
         image = index.get(nodule.source_slice)
         evidence[str(image.SOPInstanceUID)] = image
-        geometry = SliceGeometry(image)
+        geometry = plane_geometry(image, nodule.source_slice.frame_number)
         size = np.subtract(nodule.box_max, nodule.box_min)
         width, height = geometry.extent_in_pixels(size)
         # SCOORD image coordinates put the centre of the top-left pixel at (0.5, 0.5); ours at (0, 0).
@@ -161,7 +166,7 @@ def nodule_groups(
             max(width, 1.0) / 2,
             max(height, 1.0) / 2,
         )
-        region, coords = _region(rect, image)
+        region, coords = _region(rect, image, nodule.source_slice.frame_number)
         measurements = [
             hd.sr.Measurement(name=c.LONG_AXIS, value=float(nodule.long_axis_mm), unit=c.MILLIMETER),
             hd.sr.Measurement(name=c.VOLUME, value=float(nodule.volume_mm3), unit=c.CUBIC_MILLIMETER),
@@ -180,7 +185,11 @@ def nodule_groups(
         groups.append(group)
     if not groups:
         images = [index.get(ref) for ref in result.source_images]
-        groups.append(_nothing_found_group(result.model, images, c.NODULE, c.LUNG, profile, sop_uid))
+        groups.append(
+            _nothing_found_group(
+                result.model, images, c.NODULE, c.LUNG, profile, sop_uid, result.source_images
+            )
+        )
     return groups, list(evidence.values())
 
 
@@ -191,6 +200,7 @@ def _nothing_found_group(
     site: hd.sr.CodedConcept | None,
     profile: ReportProfile,
     sop_uid: str,
+    references: Sequence[ImageReference],
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """An "<finding>: Absent" group for a series analysed with no result (TID 1500 needs one group).
 
@@ -201,12 +211,13 @@ def _nothing_found_group(
     tracking = _tracking(sop_uid, f"no {finding.meaning}".lower())
     sites = [hd.sr.FindingSite(anatomic_location=site)] if site is not None else None
     if profile.ohif_compatible:
-        image = images[len(images) // 2]
+        middle = len(images) // 2
+        image = images[middle]
         rows, cols = int(image.Rows), int(image.Columns)
         rect = _rectangle(
             cols / 2, rows / 2, cols * (0.5 - WHOLE_IMAGE_INSET), rows * (0.5 - WHOLE_IMAGE_INSET)
         )
-        region, _ = _region(rect, image)
+        region, _ = _region(rect, image, references[middle].frame_number)
         return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking,
             referenced_region=region,
@@ -221,7 +232,7 @@ def _nothing_found_group(
         finding_sites=sites,
         algorithm_id=_algorithm(model),
         qualitative_evaluations=[evaluation],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in images],
+        source_images=group_sources(references, images),
     )
 
 
@@ -235,7 +246,7 @@ def segmentation_groups(
     planes = [index.get(ref) for ref in result.source_images]
     labels = {label.value: label for label in present_labels(result)}
     groups: list[Group] = []
-    evidence: list[pydicom.Dataset] = list(planes)
+    evidence: list[pydicom.Dataset] = unique_instances(planes)
     if profile.ohif_compatible:
         # A planar ROI per label on the slice where it is largest: its bounding box there, carrying the
         # volumetric measurements. OHIF can draw it; a segment reference alone it cannot.
@@ -249,7 +260,7 @@ def segmentation_groups(
                 (cols.max() - cols.min() + 1) / 2,
                 (rows.max() - rows.min() + 1) / 2,
             )
-            region, coords = _region(rect, planes[k])
+            region, coords = _region(rect, planes[k], result.source_images[k].frame_number)
             coding = c.segment_coding(label.name, index_)
             group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=_tracking(sop_uid, f"label {label.value}: {label.name}"),
@@ -261,10 +272,18 @@ def segmentation_groups(
             _nest_under_first_num(group, coords)
             groups.append(group)
         if not groups:
-            groups.append(_nothing_found_group(result.model, planes, c.VERTEBRA, None, profile, sop_uid))
+            groups.append(
+                _nothing_found_group(
+                    result.model, planes, c.VERTEBRA, None, profile, sop_uid, result.source_images
+                )
+            )
         return groups, evidence
     if not labels:
-        groups.append(_nothing_found_group(result.model, planes, c.VERTEBRA, None, profile, sop_uid))
+        groups.append(
+            _nothing_found_group(
+                result.model, planes, c.VERTEBRA, None, profile, sop_uid, result.source_images
+            )
+        )
         return groups, evidence
     if segmentation is None:
         raise ValueError("A report of a segmentation needs the SEG it refers to (argument segmentation).")

@@ -24,6 +24,7 @@ from pydicom.uid import RLELossless
 from pipelines.findings import SegmentationResult, SegmentLabel
 
 from .codes import ARTIFICIAL_INTELLIGENCE, private_scheme_declaration, segment_coding
+from .frames import on_source_frames
 from .naming import UNTRAINED_NOTICE, default_pipeline, marked, series_description
 from .profile import DEFAULT_PROFILE, ReportProfile
 from .sources import SourceIndex, copy_study_attributes
@@ -125,6 +126,8 @@ def write_segmentation(
         )
 
     labelmap = profile.seg_type == hd.seg.SegmentationTypeValues.LABELMAP
+    # A multi-frame source is one source image, the planes in its frame order (reports/frames.py).
+    planes, segment_map = on_source_frames(result.source_images, planes, segment_map)
     seg = hd.seg.Segmentation(
         source_images=planes,
         pixel_array=segment_map,

@@ -1,0 +1,154 @@
+"""Enhanced CT and Legacy Converted Enhanced CT, sent as one multi-frame object each, with the shipped
+configuration: indexed with their real geometry, routed and analysed like the single-frame series they
+came from, and their SEGs hold the same label map, frame for frame, with each frame derived from its
+source frame.
+
+Real processes: ``dicom-node serve`` and ``dicom-node worker`` on Redis, DCMTK ``storescu`` as the
+modality and ``storescp`` as the PACS; the vertebra model has scaffold weights (the published
+architecture, untrained: this proves indexing, routing and frame references, never the findings' value).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from dicom_node.index.models import Delivery, DeliveryState, Job, JobState, Series, Study
+from models.installer import import_weights, scaffold
+from tests.conftest import CT_DIR
+from tests.jobs.conftest import wait_for
+from tests.multiframe import enhanced_ct, legacy_converted_ct
+from tests.reports.tools import dciodvfy_errors
+
+pytestmark = pytest.mark.slow
+
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _seg_frames(seg: Dataset) -> dict[tuple[tuple[float, ...], str], bytes]:
+    """A SEG's frames by (Image Position (Patient), segment label): its label map in patient space."""
+    labels = {int(item.SegmentNumber): str(item.SegmentLabel) for item in seg.SegmentSequence}
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    out = {}
+    for item, frame in zip(seg.PerFrameFunctionalGroupsSequence, frames, strict=True):
+        position = tuple(round(float(v), 3) for v in item.PlanePositionSequence[0].ImagePositionPatient)
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        out[(position, labels[segment])] = frame.tobytes()
+    return out
+
+
+def _frame_positions(image: Dataset) -> dict[int, tuple[float, ...]]:
+    return {
+        number: tuple(round(float(v), 3) for v in item.PlanePositionSequence[0].ImagePositionPatient)
+        for number, item in enumerate(image.PerFrameFunctionalGroupsSequence, start=1)
+    }
+
+
+def test_multiframe_ct_is_indexed_routed_and_analysed_like_its_source_series(
+    tmp_path, redis_db, pacs, node_factory
+):
+    slices = sorted(CT_DIR.glob("*.dcm"))
+    legacy = legacy_converted_ct(slices, tmp_path / "mf" / "legacy.dcm", study_uid=generate_uid())
+    enhanced = enhanced_ct(slices, tmp_path / "mf" / "enhanced.dcm", study_uid=generate_uid())
+    for path in (legacy, enhanced):
+        assert dciodvfy_errors(path)[0] == [], dciodvfy_errors(path)[1]
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    name = "monai-wholebody-ct-segmentation"
+    import_weights(scaffold(name, tmp_path / "vertebrae.pt"), models_dir, model=name)
+
+    pacs.start()
+    node = node_factory(task_time_limit=600, running_lease=120)
+    shipped = node.config.read_text().split("[[routes]]")[0]
+    node.config.write_text(shipped + "[analysis]\nallow_untrained = true\n")
+    node.serve()
+    node._start(["worker", "--concurrency", "1"], "worker.log", DICOM_NODE_MODELS_DIR=str(models_dir))
+    for options, path in ((["-xv", "+sd"], CT_DIR), (["-xy"], legacy), (["-xy"], enhanced)):
+        sent = subprocess.run(
+            [
+                "storescu",
+                "-aet",
+                "MODALITY",
+                "-aec",
+                "NODE",
+                *options,
+                "127.0.0.1",
+                str(node.port),
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+
+    # Indexed with the geometry of the functional groups: as the single-frame series, in one instance.
+    series = wait_for(lambda: (rows := node.rows(Series)) and len(rows) == 3 and rows, 60, "three series")
+    single = next(s for s in series if s.num_instances == 20)
+    for multi in (s for s in series if s is not single):
+        assert (multi.num_instances, multi.num_frames) == (1, 20)
+        assert multi.orientation == single.orientation == "axial"
+        assert multi.slice_thickness == single.slice_thickness == 3.0
+        assert (multi.slice_position_min, multi.slice_position_max) == (
+            single.slice_position_min,
+            single.slice_position_max,
+        )
+
+    def finished() -> list[Job] | None:
+        jobs = node.rows(Job)
+        done = len(jobs) == 3 and all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs)
+        return jobs if done else None
+
+    jobs = wait_for(finished, 900, "the three vertebra jobs")
+    assert sorted((j.pipeline, j.state) for j in jobs) == [("ct-vertebrae", JobState.SUCCEEDED)] * 3, (
+        [(j.pipeline, j.state, j.error) for j in jobs],
+        node.log("worker.log"),
+    )
+    wait_for(
+        lambda: (
+            (d := node.rows(Delivery)) and len(d) >= 6 and all(x.state == DeliveryState.DELIVERED for x in d)
+        ),
+        180,
+        "every delivery",
+    )
+    received = [dcmread(p) for p in sorted(pacs.folder.iterdir()) if p.is_file()]
+    segs = {
+        str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID): ds for ds in received if ds.SOPClassUID == SEG
+    }
+    assert len(segs) == 3, sorted(segs)
+    reference = _seg_frames(segs[single.series_instance_uid])
+    assert reference, "the scaffold SEG holds no frame"
+    for source in (legacy, enhanced):
+        image = dcmread(source)
+        seg = segs[str(image.SeriesInstanceUID)]
+        # The same label map in patient space, frame by frame.
+        assert _seg_frames(seg) == reference
+        # Each SEG frame is derived from the source frame at its own position, by frame number.
+        positions = _frame_positions(image)
+        for item in seg.PerFrameFunctionalGroupsSequence:
+            (source_ref,) = item.DerivationImageSequence[0].SourceImageSequence
+            assert source_ref.ReferencedSOPInstanceUID == image.SOPInstanceUID
+            frame = int(source_ref.ReferencedFrameNumber)
+            assert positions[frame] == tuple(
+                round(float(v), 3) for v in item.PlanePositionSequence[0].ImagePositionPatient
+            )
+        (series_ref,) = seg.ReferencedSeriesSequence
+        assert [i.ReferencedSOPInstanceUID for i in series_ref.ReferencedInstanceSequence] == [
+            image.SOPInstanceUID
+        ]
+        written = tmp_path / f"seg-{image.SOPClassUID}.dcm"
+        seg.save_as(written)
+        assert dciodvfy_errors(written)[0] == [], dciodvfy_errors(written)[1]
+
+    # route --explain names the frames where it counts images (the nodule rule wants 40 of them).
+    studies = {study.id: study.study_instance_uid for study in node.rows(Study)}
+    for multi in (s for s in series if s is not single):
+        explained = node.cli("route", "--explain", studies[multi.study_id])
+        assert explained.returncode == 0, explained.stderr
+        assert "multi-frame: 20 frames in 1 instance" in explained.stdout, explained.stdout
+        assert "ct-vertebrae" in explained.stdout
