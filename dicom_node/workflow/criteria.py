@@ -44,6 +44,7 @@ __all__ = [
     "Condition",
     "Verdict",
     "compile_criterion",
+    "multiframe_note",
     "series_extent",
     "series_images",
 ]
@@ -130,13 +131,21 @@ def series_extent(series: Series) -> float | None:
     return round(high - low + (series.slice_thickness or 0.0), 2)
 
 
+def multiframe_note(series: Series) -> str | None:
+    """ "multi-frame: 20 frames in 1 instance" for a series of multi-frame images, else ``None``."""
+    frames = series.num_frames or 0
+    if frames <= series.num_instances:
+        return None
+    return f"multi-frame: {frames} frames in {series.num_instances} instance" + (
+        "" if series.num_instances == 1 else "s"
+    )
+
+
 def series_images(series: Series) -> tuple[int, str]:
     """The images (planes) of a series and how reasons show them: frames for a multi-frame series."""
     images = max(series.num_frames or 0, series.num_instances)
-    if images > series.num_instances:
-        plural = "instance" if series.num_instances == 1 else "instances"
-        return images, f"{images} (multi-frame: {images} frames in {series.num_instances} {plural})"
-    return images, str(images)
+    note = multiframe_note(series)
+    return images, f"{images} ({note})" if note else str(images)
 
 
 def _key(text: str, normalised: bool) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dicom_node.index.models import Series, Study
-from dicom_node.workflow.criteria import series_images
+from dicom_node.workflow.criteria import multiframe_note, series_images
 from dicom_node.workflow.routing import Route, RoutingDecision, SeriesEvaluation, route_study
 
 __all__ = ["RuleExplanation", "StudyExplanation", "explain_study", "series_label", "why_chosen"]
@@ -42,14 +42,20 @@ def series_label(series: Series) -> str:
     return f"series {series.series_number or series.series_instance_uid}"
 
 
+def _images(series: Series) -> str:
+    """ "20 images", or "20 images, multi-frame: 20 frames in 1 instance"."""
+    note = multiframe_note(series)
+    return f"{series_images(series)[0]} images" + (f", {note}" if note else "")
+
+
 def why_chosen(route: Route, chosen: Series, candidates: Sequence[Series]) -> str:
     """Why ``route.choose`` picked ``chosen`` among ``candidates``, in words."""
     among = f"of {len(candidates)} qualifying series"
     if route.select == "most_instances":
-        return f"most instances {among} ({series_images(chosen)[1]})"
+        return f"most instances {among} ({_images(chosen)})"
     if route.select == "thinnest":
         thickness = "unknown" if chosen.slice_thickness is None else f"{chosen.slice_thickness:g} mm"
-        return f"thinnest {among} ({thickness}, {series_images(chosen)[1]} images)"
+        return f"thinnest {among} ({thickness}, {_images(chosen)})"
     return f"lowest series number {among} ({chosen.series_number})"
 
 
