@@ -48,6 +48,7 @@ def _frame_positions(image: Dataset) -> dict[int, tuple[float, ...]]:
     }
 
 
+@pytest.mark.timeout(1800)  # three vertebra runs on CPU, one after the other
 def test_multiframe_ct_is_indexed_routed_and_analysed_like_its_source_series(
     tmp_path, redis_db, pacs, node_factory
 ):
@@ -106,7 +107,7 @@ def test_multiframe_ct_is_indexed_routed_and_analysed_like_its_source_series(
         done = len(jobs) == 3 and all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs)
         return jobs if done else None
 
-    jobs = wait_for(finished, 900, "the three vertebra jobs")
+    jobs = wait_for(finished, 1500, "the three vertebra jobs")
     assert sorted((j.pipeline, j.state) for j in jobs) == [("ct-vertebrae", JobState.SUCCEEDED)] * 3, (
         [(j.pipeline, j.state, j.error) for j in jobs],
         node.log("worker.log"),
