@@ -168,6 +168,16 @@ def _optional(read: Callable[[Dataset], str | None], ds: Dataset) -> str | None:
         return None
 
 
+def _optional_planes(ds: Dataset) -> list[Dataset]:
+    """A multi-frame image's planes; malformed functional groups are logged, not fatal: the instance is
+    kept and indexed without the geometry (as a single-frame image without Image Position would be)."""
+    try:
+        return frame_planes(ds)
+    except Exception as error:  # pydicom raises many types on a malformed sequence
+        LOG.debug("ignoring unreadable functional groups: %s", error)
+        return []
+
+
 @dataclass(frozen=True)
 class ReceivedInstance:
     """The identifiers and indexable attributes of one received data set.
@@ -236,7 +246,7 @@ def describe_instance(
         # A multi-frame image's geometry lies in its functional groups: orientation and thickness of its
         # first frame, the range of all its frames' positions (storage/frames.py).
         frames = number_of_frames(ds)
-        planes = frame_planes(ds) or [ds]
+        planes = _optional_planes(ds) or [ds]
         geometry = planes[0]
         positions = [p for p in map(slice_position_of, planes) if p is not None]
         position = min(positions) if positions else None

@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicom_node.index.models import Instance, Series
+from dicom_node.storage.attributes import describe_instance
 from tests.conftest import CT_DIR
 from tests.dicom_node.test_ingest_peers import assert_stored_identical, storescu
 from tests.multiframe import enhanced_ct, legacy_converted_ct
@@ -43,3 +44,16 @@ def test_multiframe_ct_is_indexed_with_its_frames_geometry(make_settings, run_no
         assert (multi.orientation, multi.slice_thickness) == ("axial", 3.0)
         assert (multi.slice_position_min, multi.slice_position_max) == (-804.5, -766.5)
         assert (single.slice_position_min, single.slice_position_max) == (-804.5, -766.5)
+
+
+def test_multiframe_ct_without_frame_positions_is_kept_without_a_slice_range(tmp_path):
+    """Functional groups that lack the frames' positions: the instance is described (and would be kept),
+    with the orientation and thickness it does hold and no slice range, never refused."""
+    path = legacy_converted_ct(sorted(CT_DIR.glob("*.dcm")), tmp_path / "mf.dcm")
+    ds = dcmread(path, stop_before_pixels=True)
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        del item.PlanePositionSequence
+    received = describe_instance(ds, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID))
+    assert (received.number_of_frames, received.images) == (20, 20)
+    assert (received.series["orientation"], received.series["slice_thickness"]) == ("axial", 3.0)
+    assert received.slice_range is None and received.series["slice_position_min"] is None
