@@ -27,6 +27,8 @@ strings scanners write (0.9765625, 0.68359375, -249.51171875) keep every digit.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
@@ -129,3 +131,19 @@ class PatientSpace:
         array = torch.from_numpy(np.ascontiguousarray(self.voxels.transpose(2, 1, 0)))[None]
         affine = torch.as_tensor(LPS_TO_RAS @ self.affine_lps, dtype=torch.float64)
         return MetaTensor(array, affine=affine, meta={"space": "RAS"})
+
+
+def nearest_source_plane(volume: CtVolume, point_lps: Sequence[float]) -> int:
+    """The index of the source plane (slice) nearest to a patient point, ties broken in patient space.
+
+    The point's slice coordinate is taken on the canonical grid (the same bits for every layout of
+    the same anatomy) and rounded there, half-way points towards the higher canonical index (towards
+    the patient's head for an axial series), then mapped to the source's own plane order; a point
+    beyond the first or last plane gets that plane.
+    """
+    space = PatientSpace.of(volume)
+    axis = space.source_axes.index(0)  # the canonical array axis that holds the source's slices
+    index = np.linalg.solve(space.affine_lps, np.array([*point_lps, 1.0]))[2 - axis]
+    size = space.shape[axis]
+    k = int(min(max(math.floor(float(index) + 0.5), 0), size - 1))
+    return size - 1 - k if space.flipped[axis] else k

@@ -190,3 +190,33 @@ def test_model_grid_is_the_same_for_every_layout(patient_variants):
         image = to_model_grid(load_ct_series(patient_variants[variant]), (1.5, 1.5, 1.5))
         assert np.array_equal(np.asarray(image), np.asarray(reference)), variant
         assert np.array_equal(np.asarray(image.affine), np.asarray(reference.affine)), variant
+
+
+def test_a_nodule_half_way_between_two_slices_names_the_same_image_in_every_layout(patient_variants):
+    """A box centred exactly between two source slices: the source slice is chosen in patient space
+    (towards the head), not by the array order of each variant."""
+    from pipelines.ct_geometry import model_affine_lps
+
+    settings = NoduleSettings(spacing_mm=(0.703125, 0.703125, 1.25), report_score_thresh=0.5)
+    slices = sorted(
+        (pydicom.dcmread(p, stop_before_pixels=True) for p in patient_variants["original"]),
+        key=lambda d: float(d.ImagePositionPatient[2]),
+    )
+    below, above = slices[9], slices[10]
+    point = (
+        np.array([float(v) for v in below.ImagePositionPatient])
+        + [float(v) for v in above.ImagePositionPatient]
+    ) / 2
+    point[:2] += 200.0  # inside the body, 200 mm from the corner in x and y
+    grid = to_model_grid(load_ct_series(patient_variants["original"]), settings.spacing_mm)
+    index = np.linalg.solve(model_affine_lps(grid), [*point, 1.0])[:3]
+
+    def fixed_box(image) -> GridDetections:  # the same box on the (identical) grid of every variant
+        return GridDetections(np.array([[*(index - 3.0), *(index + 3.0)]]), np.array([0.9]))
+
+    pipeline = LungNoduleDetectionPipeline(model=ORACLE, detector=fixed_box, settings=settings)
+    named = {
+        v: pipeline.run(paths).nodules[0].source_slice.sop_instance_uid
+        for v, paths in patient_variants.items()
+    }
+    assert set(named.values()) == {str(above.SOPInstanceUID)}, named
