@@ -1,10 +1,15 @@
 """Moving a CT volume onto a model's grid (as the MONAI bundles do) and label maps back to the source.
 
-Forward: MONAI's own ``Orientation(axcodes="RAS")`` then ``Spacing(pixdim, mode="bilinear")`` on the
-``MetaTensor`` from ``CtVolume.to_metatensor`` — the bundles' transforms, so the network sees what it
-saw in validation. Backward: every source voxel centre is mapped through the two affines and takes
-the label of the nearest model voxel (the bundles' ``Invertd(nearest_interp=True)``), computed
-directly from the affines so that it holds for any orientation, order or spacing of the source.
+Both directions go through ``PatientSpace`` (``pipelines.patient_space``): the volume in one canonical
+layout reached by exact axis permutations and flips, so that every slice order, orientation sign or
+row/column flip of the same anatomy gives the same model grid, the same labels on it and the same
+labels back, voxel for voxel. Forward: MONAI's own ``Orientation(axcodes="RAS")`` then
+``Spacing(pixdim, mode="bilinear")`` on the canonical ``MetaTensor`` — the bundles' transforms (their
+``Orientationd`` makes the same array from any layout), so the network sees what it saw in
+validation. Backward: every canonical voxel centre is mapped through the two affines and takes the
+label of the nearest model voxel (the bundles' ``Invertd(nearest_interp=True)``; a centre exactly half
+way takes the higher model index, a rule fixed in patient space), computed directly from the affines
+so that it holds for any orientation or spacing; then exact index mapping back to the source layout.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import torch
 from monai.transforms.spatial.array import Orientation, Spacing
 
 from pipelines.io import LPS_TO_RAS, CtVolume
+from pipelines.patient_space import PatientSpace
 
 
-def to_model_grid(volume: CtVolume, spacing_mm: Sequence[float]) -> Any:
+def to_model_grid(volume: CtVolume | PatientSpace, spacing_mm: Sequence[float]) -> Any:
     """The volume in RAS orientation resampled (bilinear) to ``spacing_mm``: a (1, X, Y, Z) MetaTensor."""
-    image = volume.to_metatensor()
+    space = volume if isinstance(volume, PatientSpace) else PatientSpace.of(volume)
+    image = space.to_metatensor()
     # Explicit labels: MONAI 1.6 warns that their default will change; these are the bundles' (RAS world).
     image = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
     return Spacing(pixdim=tuple(float(s) for s in spacing_mm), mode="bilinear")(image)
@@ -40,8 +47,17 @@ def labels_to_source_grid(
     labels: npt.NDArray[np.integer[Any]], labels_affine_lps: npt.NDArray[np.float64], volume: CtVolume
 ) -> npt.NDArray[np.uint16]:
     """Nearest-neighbour resampling of a (X, Y, Z) label volume onto the source (slices, rows, columns)."""
-    slices, rows, cols = volume.shape
-    to_model = np.linalg.inv(labels_affine_lps) @ volume.affine_lps
+    space = PatientSpace.of(volume)
+    result: npt.NDArray[np.uint16] = space.to_source(labels_to_patient_grid(labels, labels_affine_lps, space))
+    return result
+
+
+def labels_to_patient_grid(
+    labels: npt.NDArray[np.integer[Any]], labels_affine_lps: npt.NDArray[np.float64], space: PatientSpace
+) -> npt.NDArray[np.uint16]:
+    """Nearest-neighbour resampling of a (X, Y, Z) label volume onto the canonical (k, j, i) grid."""
+    slices, rows, cols = space.shape
+    to_model = np.linalg.inv(labels_affine_lps) @ space.affine_lps
     out = np.zeros((slices, rows, cols), dtype=np.uint16)
     col_index, row_index = np.meshgrid(np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64))
     size = np.array(labels.shape)

@@ -31,6 +31,7 @@ from pipelines.compute import Compute
 from pipelines.ct_geometry import model_affine_lps, to_model_grid
 from pipelines.findings import Findings, ModelInfo, Nodule, NoduleDetectionResult, Point3D
 from pipelines.io import CtVolume, load_ct_series
+from pipelines.patient_space import nearest_source_plane
 
 NAME = "ct-lung-nodules"
 MODEL_NAME = "monai-lung-nodule-ct-detection"
@@ -156,8 +157,8 @@ class LungNoduleDetectionPipeline:
         world = (affine @ corners.T).T[:, :3]
         centre = affine @ np.array([*((lo + hi) / 2.0), 1.0])
         sides = (hi - lo) * np.linalg.norm(affine[:3, :3], axis=0)
-        column, row, plane = volume.voxel_index(centre[:3])
-        k = int(min(max(math.floor(plane + 0.5), 0), volume.shape[0] - 1))
+        column, row, _ = volume.voxel_index(centre[:3])
+        k = nearest_source_plane(volume, centre[:3])  # a tie goes the same way for every slice order
         return Nodule(
             center=_point(centre),
             box_min=_point(world.min(axis=0)),

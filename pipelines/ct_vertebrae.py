@@ -4,8 +4,13 @@ Stages: ``load`` (DICOM → ``CtVolume``), ``preprocess`` (RAS, 1.5 mm isotropic
 ``infer`` (a ``Segmenter``: the bundle's ``NormalizeIntensity(nonzero=True)``,
 ``ScaleIntensity(minv=-1, maxv=1)``, sliding window 96³ with overlap 0.25, Gaussian blending and
 replicate padding, then argmax — softmax first would not change it), ``postprocess`` (nearest-neighbour
-back onto the source grid, keep C1–L5 and the sacrum, keep each label's largest 26-connected component
+back onto the source voxels, keep C1–L5 and the sacrum, keep each label's largest 26-connected component
 if it reaches the manifest's minimum volume, measure volume and mean attenuation on the source HU).
+
+Pre- and postprocessing run on the source voxels in the canonical patient layout (``PatientSpace``:
+exact permutations and flips, no interpolation), and only the finished label map goes back to the
+source's (slices, rows, columns): every slice order, orientation sign or row/column flip of the same
+anatomy gives the same label map in patient space, voxel for voxel, the same volumes and attenuations.
 
 Labels keep the bundle's numbers (22 = L1 …); names read "L1 vertebra". The L1 mean attenuation is
 reported in ``notes`` as information with its reference, never as a diagnosis.
@@ -25,9 +30,10 @@ from scipy import ndimage
 
 from pipelines.base import StageTimer
 from pipelines.compute import Compute
-from pipelines.ct_geometry import labels_to_source_grid, model_affine_lps, to_model_grid
+from pipelines.ct_geometry import labels_to_patient_grid, model_affine_lps, to_model_grid
 from pipelines.findings import Findings, ModelInfo, SegmentationResult, SegmentLabel
 from pipelines.io import CtVolume, load_ct_series
+from pipelines.patient_space import PatientSpace
 
 NAME = "ct-vertebrae"
 MODEL_NAME = "monai-wholebody-ct-segmentation"
@@ -107,15 +113,17 @@ def largest_components(
 ) -> npt.NDArray[np.uint16]:
     """Per label, only its largest 26-connected component, and only if it has ``min_voxels``.
 
-    Labels not in ``kept`` become 0; of two equally large largest components the first in (slice, row,
-    column) order stays. The result equals MONAI's ``KeepLargestConnectedComponent(connectivity=3)``
-    then ``RemoveSmallObjects(min_size=ceil(min_voxels))`` (tests/pipelines/test_components.py) except
-    on such ties, where MONAI keeps the later one, and for a component of exactly ``min_size`` voxels,
-    which MONAI 1.6 with scikit-image 0.26 drops (it passes the deprecated ``min_size``, which 0.26
-    reads as an inclusive ``max_size``). Hand-written on SciPy because MONAI's is slower and would make
-    scikit-image a run-time dependency: on a 300×512×512 map with 25 labels (each one body plus stray
-    blobs), best of 3 on the shared 2-core machine: MONAI 23.0 s, labelling the whole volume per label
-    (the previous version of this function) 17.3 s, labelling inside each label's bounding box 7.0 s.
+    Labels not in ``kept`` become 0; of two equally large largest components the first in the array's
+    order stays (the pipeline passes the canonical patient layout: the one reaching furthest towards
+    the feet, then anterior, then right). The result equals MONAI's
+    ``KeepLargestConnectedComponent(connectivity=3)`` then ``RemoveSmallObjects(min_size=ceil(min_voxels))``
+    (tests/pipelines/test_components.py) except on such ties, where MONAI keeps the later one, and for a
+    component of exactly ``min_size`` voxels, which MONAI 1.6 with scikit-image 0.26 drops (it passes
+    the deprecated ``min_size``, which 0.26 reads as an inclusive ``max_size``). Hand-written on SciPy
+    because MONAI's is slower and would make scikit-image a run-time dependency: on a 300×512×512 map
+    with 25 labels (each one body plus stray blobs), best of 3 on the shared 2-core machine: MONAI
+    23.0 s, labelling the whole volume per label (the previous version of this function) 17.3 s,
+    labelling inside each label's bounding box 7.0 s.
     """
     out = np.zeros_like(label_map)
     if not kept:
@@ -146,7 +154,7 @@ class VertebraSegmentationPipeline:
         return load_ct_series(paths)
 
     def preprocess(self, volume: CtVolume) -> Any:
-        return to_model_grid(volume, self.settings.spacing_mm)
+        return to_model_grid(PatientSpace.of(volume), self.settings.spacing_mm)
 
     def infer(self, image: Any) -> torch.Tensor:
         return self.segmenter(image)
@@ -157,10 +165,11 @@ class VertebraSegmentationPipeline:
         for value in self.settings.kept_labels:
             keep[value] = value
         grid_labels = keep[grid_labels]
-        on_source = labels_to_source_grid(grid_labels, model_affine_lps(image), volume)
-        voxel_mm3 = volume.voxel_volume_mm3
+        space = PatientSpace.of(volume)
+        on_patient_grid = labels_to_patient_grid(grid_labels, model_affine_lps(image), space)
+        voxel_mm3 = space.voxel_volume_mm3
         cleaned = largest_components(
-            on_source, sorted(self.settings.kept_labels), self.settings.min_component_mm3 / voxel_mm3
+            on_patient_grid, sorted(self.settings.kept_labels), self.settings.min_component_mm3 / voxel_mm3
         )
         segments = []
         for value in sorted(np.unique(cleaned)):
@@ -172,7 +181,7 @@ class VertebraSegmentationPipeline:
                     value=int(value),
                     name=label_display_name(self.settings.kept_labels[int(value)]),
                     volume_mm3=float(mask.sum() * voxel_mm3),
-                    mean_attenuation_hu=float(volume.voxels[mask].mean()),
+                    mean_attenuation_hu=float(space.voxels[mask].mean()),
                 )
             )
         return SegmentationResult(
@@ -180,7 +189,7 @@ class VertebraSegmentationPipeline:
             series_instance_uid=volume.series_instance_uid,
             frame_of_reference_uid=volume.frame_of_reference_uid,
             source_images=volume.source_images,
-            label_map=cleaned,
+            label_map=space.to_source(cleaned),
             labels=tuple(segments),
             notes=self._notes(segments),
         )
