@@ -7,7 +7,7 @@ all), and ``write_description_only_radiograph`` (a DX whose only chest clue is i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ HEAD_CT: Mapping[str, Any] = {
     "ProtocolName": "HEAD_ROUTINE",
 }
 """A head-only CT whose descriptions say HEAD (and whose body part is left out)."""
+Phantom = Callable[[float, int, int, float], "np.ndarray[Any, Any]"]
+"""``phantom(z, rows, columns, spacing)``: HU of one axial slice at position ``z`` (``tests/phantoms.py``)."""
 UNTAGGED_CT: Mapping[str, Any] = {"BodyPartExamined": None, "SeriesDescription": None}
 """A CT with no body part and no description at all (``ct_slice`` writes no other description)."""
 
@@ -47,11 +49,12 @@ def ct_slice(
     seed: int = 0,
     z: float | None = None,
     headers: Mapping[str, Any] | None = None,
+    phantom: Phantom | None = None,
 ) -> Dataset:
     """One axial CT slice; pixel values are deterministic noise plus a body-shaped disc.
 
     ``z`` is its position (default ``-index * thickness``); ``headers`` sets attributes (``None``
-    removes one).
+    removes one); ``phantom`` draws the anatomy instead of the disc (``tests/phantoms.py``).
     """
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -101,7 +104,8 @@ def ct_slice(
     rng = np.random.default_rng(seed * 100003 + index)
     yy, xx = np.mgrid[:rows, :columns]
     body = ((yy - rows / 2) ** 2 / (rows * 0.4) ** 2 + (xx - columns / 2) ** 2 / (columns * 0.45) ** 2) < 1
-    pixels = np.where(body, 40, -1000) + rng.integers(-20, 20, size=(rows, columns))
+    anatomy = np.where(body, 40, -1000) if phantom is None else phantom(z, rows, columns, spacing)
+    pixels = anatomy + rng.integers(-20, 20, size=(rows, columns))
     ds.PixelData = pixels.astype(np.int16).tobytes()
     for keyword, value in (headers or {}).items():
         if value is None:
@@ -121,8 +125,10 @@ def write_ct_series(
     study_uid: str | None = None,
     seed: int = 0,
     thickness: float = 1.25,
+    spacing: float = 0.7,
     z_positions: Sequence[float] | None = None,
     headers: Mapping[str, Any] | None = None,
+    phantom: Phantom | None = None,
 ) -> list[Path]:
     """Write ``count`` slices of one new series into ``folder``; returns the file paths.
 
@@ -144,8 +150,10 @@ def write_ct_series(
             columns=columns,
             seed=seed,
             thickness=thickness,
+            spacing=spacing,
             z=None if z_positions is None else z_positions[index % len(z_positions)],
             headers=headers,
+            phantom=phantom,
         )
         path = folder / f"CT{index:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)

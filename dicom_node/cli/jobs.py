@@ -43,6 +43,7 @@ from dicom_node.index.models import (
     WorkerRecord,
     utcnow,
 )
+from dicom_node.jobs.content import required_checks, stored_report, summary
 
 PIPELINES = ("cxr-classification", "ct-lung-nodules", "ct-vertebrae")
 
@@ -78,6 +79,8 @@ def job_row(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "lease_expires_at": iso(job.lease_expires_at),
+        "requires": required_checks(job),
+        "content_checks": stored_report(job),
         "results": [r.sop_instance_uid for r in job.results],
         "deliveries": [
             {
@@ -314,7 +317,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             console.print_json(json.dumps({"jobs": rows}))
             return
-        table = Table("#", "Pipeline", "Study", "State", "Tries", "Worker", "Deliveries", "Error")
+        table = Table("#", "Pipeline", "Study", "State", "Tries", "Worker", "Checks", "Deliveries", "Error")
         for r in rows:
             table.add_row(
                 str(r["id"]),
@@ -323,8 +326,9 @@ def register(app: typer.Typer) -> None:
                 r["state"],
                 str(r["attempts"]),
                 r["worker_host"] or "",
+                summary(r["content_checks"]) or ", ".join(r["requires"]),
                 ", ".join(f"{d['destination']}: {d['state']}" for d in r["deliveries"]),
-                (r["error"] or "")[:80],
+                (r["error"] or "")[:100],
             )
         console.print(table)
 

@@ -2,6 +2,8 @@
 
 What it shows is what the reconciler would decide now, with the settings given (their ``[[routes]]``, or
 the shipped defaults), beside what the index holds: the stored routing reason and the study's jobs.
+A rule that requires content checks shows what they measured on its chosen series: the figures its job
+stored, else measured now from the stored files (a few hundred ms; ``"source"`` says which).
 ``--explain`` adds every rule's every condition, its verdict and the value it saw, per series. It only
 reads the index. The ``--json`` document is described in docs/cli.md.
 """
@@ -9,14 +11,18 @@ reads the index. The ``--json`` document is described in docs/cli.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from dicom_node.cli.support import ConfigOption, JsonOption, console, errors, open_database, settings_or_exit
-from dicom_node.index.models import Job, Study
+from dicom_node.index.models import Instance, Job, Study
+from dicom_node.jobs.content import measure_series, stored_report
 from dicom_node.workflow.criteria import Verdict
 from dicom_node.workflow.explain import RuleExplanation, StudyExplanation, explain_study, series_label
 from dicom_node.workflow.routing import SeriesEvaluation, compile_routes
@@ -48,12 +54,31 @@ def _series(evaluation: SeriesEvaluation) -> dict[str, Any]:
     }
 
 
-def _rule(rule: RuleExplanation) -> dict[str, Any]:
+def content_checks(session: Session, storage_root: Path, rule: RuleExplanation, jobs: list[Job]) -> Any:
+    """What the rule's content checks measured on its chosen series: the figures a job stored, else
+    measured now from the stored files (``"source"`` says which); ``None`` if it requires none."""
+    chosen = rule.chosen
+    if chosen is None or not rule.route.requires:
+        return None
+    for job in reversed(jobs):
+        report = stored_report(job)
+        if job.pipeline == rule.route.pipeline and job.series_id == chosen.id and report is not None:
+            return {"source": f"job {job.id}", **report}
+    paths = session.scalars(
+        select(Instance.path).where(Instance.series_id == chosen.id).order_by(Instance.id)
+    )
+    report = measure_series([storage_root / p for p in paths], rule.route.requires)
+    return {"source": "measured now", **report}
+
+
+def _rule(rule: RuleExplanation, checks: Any = None) -> dict[str, Any]:
     chosen = rule.chosen
     return {
         "index": rule.index,
         "pipeline": rule.route.pipeline,
         "select": rule.route.select,
+        "requires": list(rule.route.requires),
+        "content_checks": checks,
         "matched": chosen is not None,
         "shadowed_by": rule.shadowed_by,
         "chosen": None
@@ -67,8 +92,11 @@ def _rule(rule: RuleExplanation) -> dict[str, Any]:
     }
 
 
-def explanation_document(explanation: StudyExplanation, jobs: list[Job], defaults: bool) -> dict[str, Any]:
-    """What ``route --json`` prints (``--explain`` or not: the document is the same)."""
+def explanation_document(
+    explanation: StudyExplanation, jobs: list[Job], defaults: bool, checks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """What ``route --json`` prints (``--explain`` or not: the document is the same); ``checks`` holds
+    each rule's ``content_checks``."""
     study = explanation.study
     return {
         "study_instance_uid": study.study_instance_uid,
@@ -92,10 +120,14 @@ def explanation_document(explanation: StudyExplanation, jobs: list[Job], default
                 "series_instance_uid": job.series.series_instance_uid if job.series else None,
                 "state": job.state,
                 "error": job.error,
+                "requires": [c for c in (job.requires or "").split(",") if c],
+                "content_checks": stored_report(job),
             }
             for job in jobs
         ],
-        "rules": [_rule(rule) for rule in explanation.rules],
+        "rules": [
+            _rule(rule, checks[i] if i < len(checks) else None) for i, rule in enumerate(explanation.rules)
+        ],
     }
 
 
@@ -128,6 +160,7 @@ def _print(document: dict[str, Any], explanation: StudyExplanation, explain: boo
         else:
             head += "no series qualifies"
         say(head)
+        say_checks(say, document["rules"][rule.index])
         for evaluation in rule.series:
             verdict = "qualifies" if evaluation.qualifies else f"refused: {evaluation.reason}"
             say(f"  {series_label(evaluation.series)} ({evaluation.series.modality or '?'}): {verdict}")
@@ -159,11 +192,28 @@ def route(
             raise typer.Exit(1)
         jobs = list(session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id)).all())
         explanation = explain_study(study, routes)
-        document = explanation_document(explanation, jobs, defaults=not settings.routes)
+        checks = [content_checks(session, settings.storage_root, rule, jobs) for rule in explanation.rules]
+        document = explanation_document(explanation, jobs, defaults=not settings.routes, checks=checks)
         if as_json:
             console.print_json(json.dumps(document))
             return
         _print(document, explanation, explain)
+
+
+def say_checks(say: Callable[[str], None], rule: dict[str, Any]) -> None:
+    """The rule's content checks in words: each verdict with its figures, and where they came from."""
+    report = rule.get("content_checks")
+    if not rule.get("requires"):
+        return
+    if report is None:
+        say(f"  requires {', '.join(rule['requires'])}: not measured (no series chosen)")
+        return
+    if "error" in report:
+        say(f"  requires {', '.join(rule['requires'])}: not measured ({report['error']})")
+        return
+    for name, check in report["checks"].items():
+        verdict = "pass" if check["passed"] else "FAIL"
+        say(f"  content check {name} ({report['source']}): {verdict}, {check['reason']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,7 @@ duration. The pipeline name is checked against the settings' ``[jobs] plugins`` 
 
 from __future__ import annotations
 
+import difflib
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -31,6 +32,8 @@ from dicom_node.config.values import Seconds, invalid
 PIPELINES = ("cxr-classification", "ct-lung-nodules", "ct-vertebrae")
 """The pipelines the node ships (``pipelines.registry.PIPELINE_NAMES``); plugins may add more."""
 SELECTIONS = ("thinnest", "most_instances", "first")
+CONTENT_CHECKS = ("lungs", "spine")
+"""Checks of the chosen series' pixels a route may require (``pipelines.content_checks.CHECKS``)."""
 ORIENTATIONS = ("AXIAL", "CORONAL", "SAGITTAL", "OBLIQUE")
 
 TEXT_CRITERIA = ("modality", "body_part", "body_part_not", "view_position", "orientation", "anatomic_region")
@@ -196,6 +199,25 @@ class RouteSpec(BaseModel):
     quiet_period: Seconds | None = None
     """Widens the completion window of the studies this rule may match (seconds)."""
     enabled: bool = True
+    requires: tuple[str, ...] = ()
+    """Content checks the chosen series must pass before the pipeline runs (else the job is skipped)."""
+
+    @field_validator("requires", mode="before")
+    @classmethod
+    def _requires(cls, value: Any) -> Any:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise invalid(
+                f"requires is a list of content checks ({', '.join(CONTENT_CHECKS)}), got {value!r}"
+            )
+        names = tuple(dict.fromkeys(i.strip().lower() for i in items))
+        if unknown := [n for n in names if n not in CONTENT_CHECKS]:
+            close = difflib.get_close_matches(unknown[0], CONTENT_CHECKS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise invalid(
+                f"unknown content check {unknown[0]!r}{hint}: requires takes {', '.join(CONTENT_CHECKS)}"
+            )
+        return names
 
     @field_validator("pipeline", mode="before")
     @classmethod

@@ -265,6 +265,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     first_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     result_basis: Mapped[str | None] = mapped_column(String(64), index=True)
+    requires: Mapped[str | None] = mapped_column(String(64))
+    """The content checks its route requires, comma-separated (``lungs,spine``), or none."""
+    content_checks: Mapped[str | None] = mapped_column(Text)
+    """What those checks measured on the job's series (JSON, ``pipelines.content_checks``)."""
 
     study: Mapped[Study] = relationship()
     series: Mapped[Series | None] = relationship()

@@ -8,7 +8,8 @@ profiles that produce the same one) → store and index them with ``Ingest`` as 
 (they change no received fact of the study) → finish the job and create one delivery per destination,
 in one transaction that only the current claim holder can commit.
 
-Outcomes: ``succeeded``; ``skipped`` when the pipeline's model is not installed, or is an untrained
+Outcomes: ``succeeded``; ``skipped`` when a content check its route requires fails (``jobs.content``:
+run first, the measured reason kept), when the pipeline's model is not installed, or is an untrained
 scaffold and ``[analysis] allow_untrained`` is off (never analysed with random weights unless asked,
 and then marked UNTRAINED); ``failed`` with the reason for a refused input or any other permanent
 error (re-raised so the worker logs it). A transient error (the database went away) puts the job back
@@ -53,6 +54,7 @@ from dicom_node.index.models import (
     Result,
     utcnow,
 )
+from dicom_node.jobs.content import ContentCheckFailedError, require_content, required_checks
 from dicom_node.jobs.identity import basis_key, replaced_reports, settle_basis, source_series
 from dicom_node.jobs.registry import Pipeline, PipelineUnavailableError, ResultContext
 from dicom_node.ops.metrics import ANALYSIS_STAGE_SECONDS, JOBS_FINISHED, observe_job_stages
@@ -268,7 +270,7 @@ def run_job(context: WorkerContext, job_id: int) -> JobOutcome:
     except LeaseLostError as error:
         LOG.warning("job %d: results discarded, not published: %s", job_id, error)
         return JobOutcome.NOT_CLAIMED
-    except PipelineUnavailableError as error:
+    except (PipelineUnavailableError, ContentCheckFailedError) as error:
         _finish(context, job_id, token, JobState.SKIPPED, str(error))
         JOBS_FINISHED.labels(pipeline=pipeline_name, outcome=JobOutcome.SKIPPED.value).inc()
         LOG.warning("job %d skipped: %s", job_id, error, extra=fields)
@@ -297,6 +299,8 @@ def _analyse(context: WorkerContext, job: Job, token: str, lease: LeaseHeartbeat
     source = source_series(context, job)
     if not source.paths:
         raise MissingInputError(f"series of job {job.id} has no stored instances")
+    if checks := required_checks(job):  # before the pipeline: a series without the anatomy is skipped
+        require_content(context, job.id, token, checks, source.paths)
     pipeline = context.registry.pipeline(
         job.pipeline, context.settings.models_dir, allow_untrained=context.settings.allow_untrained
     )

@@ -113,12 +113,15 @@ def reprocess_study(
         candidates = received_series(session, study, settings.ae_title)
         if pipeline is not None:
             chosen = {pipeline: _choose(study, pipeline, routes, candidates)}
+            route = next((r for r in routes if r.pipeline == pipeline), None)
+            requires = {pipeline: route.requires if route is not None else ()}
         else:
             decision = route_study(study, routes, candidates)
             if not decision.matches:
                 raise ReprocessRefusedError(f"study {study_uid} matches no route: {decision.reason}")
             by_id = {s.id: s for s in candidates}
             chosen = {m.pipeline: by_id[m.series_id] for m in decision.matches}
+            requires = {m.pipeline: m.requires for m in decision.matches}
         _refuse_unfinished(session, study, set(chosen))
         taken = set(
             session.scalars(
@@ -145,6 +148,7 @@ def reprocess_study(
                 created_at=now,
                 queued_at=now,
                 lease_expires_at=now + timedelta(seconds=settings.jobs.queued_lease),
+                requires=",".join(requires[name]) or None,
             )
             for name, series in sorted(chosen.items())
         ]

@@ -7,10 +7,13 @@ for a CT, its geometry alone when the tags name no region (``PARTIALBODY``, ``WH
 no body part, and no description naming another region). docs/jobs.md lists the real headers each rule
 was checked against.
 
-Until content checks land, geometry-only routing is a guess: a CT tagged ``PARTIALBODY`` reaches the
-nodule pipeline when it reaches at least 150 mm (a chest is 250–350 mm; a chest-only CT that short is
-rare), whatever is in it. A later route key (``requires = ["lungs"]``) can require a content check of
-the chosen series before its pipeline runs; nothing here depends on it.
+Tags can lie, pixels cannot: the CT routes require a content check of the chosen series before their
+pipeline runs (``requires``; ``pipelines.content_checks``, run by the worker): the nodule pipeline needs
+at least 100 ml of air inside the body outline (``lungs``), the vertebra pipeline a bone column behind the
+body's centre over most of the series (``spine``). A job whose check fails ends ``skipped`` with what was
+measured. So the geometry asks only for what the pipelines can analyse (axial, thin enough, at least
+30 mm), and a CT tagged ``PARTIALBODY`` or with no tags at all is routed by geometry and checked on its
+pixels: a head, an abdomen or a knee never reaches the nodule pipeline, whatever its tags say.
 """
 
 from __future__ import annotations
@@ -97,12 +100,15 @@ DEFAULT_ROUTES: tuple[Mapping[str, Any], ...] = (
     {
         "pipeline": "ct-lung-nodules",
         "select": "thinnest",
+        "requires": ["lungs"],
         "match": {
             "modality": "CT",
             "orientation": "axial",
             "slice_thickness": "<= 3",
-            "num_instances": ">= 40",
-            "extent_mm": ">= 100",
+            "num_instances": ">= 10",
+            # The lung check measures whether enough lung is in it; 30 mm is the lung bases of an
+            # abdomen CT at least (incidental nodules are found there).
+            "extent_mm": ">= 30",
             "image_type_not": ["LOCALIZER"],
             "body_part_not": HEAD_AND_LIMBS,
         },
@@ -110,18 +116,14 @@ DEFAULT_ROUTES: tuple[Mapping[str, Any], ...] = (
             {"body_part": CHEST_BODY_PARTS},
             {"anatomic_region": CHEST_REGIONS},
             {"description": CHEST_WORDS},
-            # Geometry only: chest-like coverage and no tag naming another region.
-            {
-                "body_part": UNSPECIFIC_BODY_PARTS,
-                "anatomic_region": [""],
-                "description_not": NOT_CHEST_WORDS,
-                "extent_mm": ">= 150",
-            },
+            # Geometry only, when no tag names another region: the lung check decides.
+            {"body_part": UNSPECIFIC_BODY_PARTS, "anatomic_region": [""], "description_not": NOT_CHEST_WORDS},
         ],
     },
     {
         "pipeline": "ct-vertebrae",
         "select": "thinnest",
+        "requires": ["spine"],
         "match": {
             "modality": "CT",
             "orientation": "axial",

@@ -131,6 +131,8 @@ class Route:
     quiet_period: float | None = None
     modalities: tuple[str, ...] = ()
     calling_ae_titles: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    """Content checks of the chosen series before the pipeline runs (``jobs.content``)."""
 
     def may_match(self, study: Study) -> bool:
         """Whether the study's modalities and calling AE allow this rule (study-level, any case)."""
@@ -197,6 +199,7 @@ def _compile(spec: RouteSpec) -> Route:
         quiet_period=spec.quiet_period,
         modalities=spec.match.modality or (),
         calling_ae_titles=spec.match.calling_ae or (),
+        requires=spec.requires,
     )
 
 
@@ -230,6 +233,7 @@ class RouteMatch:
     pipeline: str
     series_id: int
     series_instance_uid: str
+    requires: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,9 @@ def route_study(
                 refusals.append(f"series {series.series_number or series.series_instance_uid}: {why}")
         if candidates:
             chosen = route.choose(candidates)
-            matches[route.pipeline] = RouteMatch(route.pipeline, chosen.id, chosen.series_instance_uid)
+            matches[route.pipeline] = RouteMatch(
+                route.pipeline, chosen.id, chosen.series_instance_uid, route.requires
+            )
         else:
             reasons.append(f"{route.pipeline}: " + ("; ".join(refusals[:3]) or "no series"))
     if matches:
@@ -310,6 +316,7 @@ def create_jobs(session: Session, study: Study, decision: RoutingDecision) -> li
             attempts=0,
             stable_at=study.completed_at,
             created_at=now,
+            requires=",".join(match.requires) or None,
         )
         session.add(job)
         created.append(job)

@@ -199,10 +199,25 @@ def test_numeric_strings_are_durations_too(tmp_path: Path):
             "routes[0] (ct-lung-nodule).pipeline: unknown pipeline 'ct-lung-nodule'; "
             "did you mean 'ct-lung-nodules'?",
         ),
+        (
+            CT_ROUTE.replace("[routes.match]", 'requires = ["lung"]\n[routes.match]'),
+            "routes[0] (ct-lung-nodules).requires: unknown content check 'lung' (did you mean 'lungs'?): "
+            "requires takes lungs, spine",
+        ),
+        (
+            CT_ROUTE.replace("[routes.match]", "requires = [1]\n[routes.match]"),
+            "routes[0] (ct-lung-nodules).requires: requires is a list of content checks (lungs, spine)",
+        ),
     ],
 )
 def test_every_value_is_checked_at_load(tmp_path: Path, text: str, expected: str):
     assert expected in _problems(tmp_path, text)
+
+
+def test_a_route_may_require_content_checks(tmp_path: Path):
+    config = tmp_path / "node.toml"
+    config.write_text(CT_ROUTE.replace("[routes.match]", 'requires = ["Lungs", "spine"]\n[routes.match]'))
+    assert load_settings(config, environ={}).routes[0].requires == ("lungs", "spine")
 
 
 def test_plugins_allow_their_own_pipeline_names(tmp_path: Path):

@@ -47,7 +47,7 @@ def _node(tmp_path: Path, test_data: Path) -> tuple[Path, str, str]:
     try:
         assert len(assemble(database, settings, now=utcnow() + timedelta(hours=1))) == 2
         with database.session() as session:
-            assert len(route_pending_studies(session, settings)) == 1
+            assert len(route_pending_studies(session, settings)) == 2  # the CT: nodules and vertebrae
     finally:
         database.dispose()
     return config, uids[0], uids[1]
@@ -72,20 +72,33 @@ def test_route_explain_shows_every_condition_and_the_choice(tmp_path, test_data)
     assert routed.returncode == 0, routed.stderr
     document = json.loads(routed.stdout)
     assert document["routes"] == "defaults" and document["routing_reason"] is None
-    assert [m["pipeline"] for m in document["decision"]["matches"]] == ["ct-vertebrae"]
-    assert [(j["pipeline"], j["state"]) for j in document["jobs"]] == [("ct-vertebrae", "queued")]
+    assert [m["pipeline"] for m in document["decision"]["matches"]] == ["ct-lung-nodules", "ct-vertebrae"]
+    assert [(j["pipeline"], j["state"], j["requires"]) for j in document["jobs"]] == [
+        ("ct-lung-nodules", "queued", ["lungs"]),
+        ("ct-vertebrae", "queued", ["spine"]),
+    ]
     rules = {r["pipeline"]: r for r in document["rules"]}
+    # No worker ran: the content checks are measured now, on the stored files of the chosen series.
+    lungs = rules["ct-lung-nodules"]["content_checks"]
+    assert lungs["source"] == "measured now" and lungs["sampled_slices"] == 8 and lungs["slices"] == 20
+    assert lungs["checks"]["lungs"]["passed"] is False
+    assert lungs["checks"]["lungs"]["reason"].startswith("too little lung in field of view: ")
+    assert rules["ct-vertebrae"]["content_checks"]["checks"]["spine"]["figures"]["fraction"] == 1.0
+    assert (
+        rules["cxr-classification"]["requires"] == []
+        and rules["cxr-classification"]["content_checks"] is None
+    )
     assert rules["ct-vertebrae"]["chosen"]["series_number"] == 3
     assert rules["ct-vertebrae"]["chosen"]["why"].startswith("thinnest of 1 qualifying series (3 mm")
     (series,) = rules["ct-lung-nodules"]["series"]
-    assert series["qualifies"] is False and series["reason"] == "num_instances 20 is not >= 40"
+    assert series["qualifies"] is True and series["reason"] is None
     verdicts = {v["criterion"]: v for v in series["match"]}
     assert verdicts["slice_thickness"] == {
         "criterion": "slice_thickness", "verdict": "pass", "seen": "3.0", "wanted": "<= 3", "reason": None
     }  # fmt: skip
-    assert verdicts["extent_mm"]["verdict"] == "fail" and verdicts["extent_mm"]["seen"].startswith("41.0")
+    assert verdicts["extent_mm"]["verdict"] == "pass" and verdicts["extent_mm"]["seen"].startswith("41.0")
     geometry = series["match_any"][3]
-    assert geometry["holds"] is False
+    assert geometry["holds"] is True
     assert [(c["criterion"], c["verdict"], c["seen"]) for c in geometry["conditions"]][:2] == [
         ("body_part", "pass", "PARTIALBODY"),
         ("anatomic_region", "pass", "(none)"),
@@ -98,10 +111,8 @@ def test_route_explain_shows_every_condition_and_the_choice(tmp_path, test_data)
         in text.stdout
     )
     assert "pass body_part: saw PARTIALBODY; wants ['PARTIALBODY', 'WHOLEBODY', 'BODY', '']" in text.stdout
-    assert (
-        "FAIL extent_mm: saw 41.0 (slice positions -804.5 to -766.5, thickness 3.0); wants >= 150"
-        in text.stdout
-    )
+    assert "content check lungs (measured now): FAIL, too little lung in field of view: " in text.stdout
+    assert "content check spine (measured now): pass, spine in field of view: " in text.stdout
     assert "match_any [4] holds:" in text.stdout  # ct-vertebrae's geometry clue
 
     unrouted = _route(config, "--json", head_uid)

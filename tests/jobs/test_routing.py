@@ -277,8 +277,9 @@ def test_the_shared_siemens_ct_goes_to_vertebrae_by_geometry(indexed_anywhere, t
     assert series_extent(series) == 41.0  # 38 mm from first to last position, plus one 3 mm slice
 
     decision, explanation = indexed.route(uid)
-    assert [(m.pipeline, m.series_instance_uid) for m in decision.matches] == [
-        ("ct-vertebrae", series.series_instance_uid)
+    assert [(m.pipeline, m.series_instance_uid, m.requires) for m in decision.matches] == [
+        ("ct-lung-nodules", series.series_instance_uid, ("lungs",)),
+        ("ct-vertebrae", series.series_instance_uid, ("spine",)),
     ]
     vertebrae = _rule(explanation, "ct-vertebrae")
     assert vertebrae.chosen.id == series.id and vertebrae.why_chosen.startswith("thinnest of 1")
@@ -287,12 +288,11 @@ def test_the_shared_siemens_ct_goes_to_vertebrae_by_geometry(indexed_anywhere, t
     assert [[v.criterion for v in block] for block in holding] == [
         ["body_part", "anatomic_region", "description_not"]
     ]
-    # The nodule route: too few slices, and by geometry alone far from a chest's reach.
+    # The nodule route takes it by geometry; its lung check decides on the pixels (the worker's job).
     nodules = _rule(explanation, "ct-lung-nodules")
-    assert nodules.chosen is None and nodules.series[0].reason == "num_instances 20 is not >= 40"
-    extent = _verdicts(nodules, "extent_mm")
-    assert [v.reason for v in extent] == ["extent_mm 41.0 is not >= 100", "extent_mm 41.0 is not >= 150"]
-    assert extent[0].seen.startswith("41.0 (slice positions -804.5 to -766.5, thickness 3.0)")
+    assert nodules.chosen.id == series.id and nodules.route.requires == ("lungs",)
+    (extent,) = _verdicts(nodules, "extent_mm")
+    assert extent.passed and extent.seen.startswith("41.0 (slice positions -804.5 to -766.5, thickness 3.0)")
 
 
 @pytest.mark.parametrize(
@@ -372,13 +372,14 @@ def test_a_head_ct_is_not_sent_to_the_nodule_or_spine_pipelines(indexed, tmp_pat
 
 def test_a_ct_without_body_part_or_description_is_routed_by_its_reach(indexed, tmp_path):
     long = write_ct_series(tmp_path / "long", 80, rows=16, columns=16, thickness=2.5, headers=UNTAGGED_CT)
-    decision, _ = indexed.route(indexed.add(long))  # 200 mm: chest-like by geometry (until content checks)
+    decision, _ = indexed.route(indexed.add(long))  # 200 mm, no tags: routed by geometry
     assert _pipelines(decision) == {"ct-lung-nodules", "ct-vertebrae"}
-    short = write_ct_series(tmp_path / "short", 48, rows=16, columns=16, thickness=2.5, headers=UNTAGGED_CT)
-    decision, explanation = indexed.route(indexed.add(short))  # 120 mm: a spine, not surely a chest
-    assert _pipelines(decision) == {"ct-vertebrae"}
-    geometry = _rule(explanation, "ct-lung-nodules").series[0].match_any[3]
-    assert [v.reason for v in geometry if not v.passed] == ["extent_mm 120.0 is not >= 150"]
+    # Whatever its reach: the content checks (lungs, spine) decide on its pixels before each pipeline.
+    assert {m.requires for m in decision.matches} == {("lungs",), ("spine",)}
+    short = write_ct_series(tmp_path / "short", 8, rows=16, columns=16, thickness=2.5, headers=UNTAGGED_CT)
+    decision, explanation = indexed.route(indexed.add(short))  # 20 mm: less than one vertebra
+    assert decision.matches == ()
+    assert _rule(explanation, "ct-lung-nodules").series[0].reason == "num_instances 8 is not >= 10"
 
 
 def test_extent_comes_from_slice_positions_not_the_instance_count(indexed_anywhere, tmp_path):
@@ -387,7 +388,7 @@ def test_extent_comes_from_slice_positions_not_the_instance_count(indexed_anywhe
     dynamic = write_ct_series(tmp_path / "dyn", 60, rows=16, columns=16, z_positions=[0.0, 1.25, 2.5])
     decision, explanation = indexed.route(indexed.add(dynamic))
     assert decision.matches == ()
-    assert _rule(explanation, "ct-lung-nodules").series[0].reason == "extent_mm 3.75 is not >= 100"
+    assert _rule(explanation, "ct-lung-nodules").series[0].reason == "extent_mm 3.75 is not >= 30"
     # Feet first with mirrored columns, sent in reverse: the same reach, the same positions.
     flipped = write_ct_series(
         tmp_path / "ffs",
