@@ -1,7 +1,7 @@
 """multi-frame images: the frames of an instance and the images (planes) of a series
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-01 11:40:00.000000
 
 ``instance.number_of_frames`` (Number of Frames of a multi-frame instance, NULL for a single-frame one)
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
