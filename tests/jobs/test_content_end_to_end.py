@@ -63,7 +63,7 @@ def test_content_checks_decide_which_pipelines_run(tmp_path, redis_db, pacs, nod
     ct_uid = str(dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID)
 
     pacs.start()
-    node = node_factory(task_time_limit=600, running_lease=120)
+    node = node_factory(task_time_limit=1800, running_lease=300)  # the vertebra model on CPU
     shipped = node.config.read_text().split("[[routes]]")[0]  # the fixture's own routes removed
     node.config.write_text(shipped + "[analysis]\nallow_untrained = true\n")
     node.serve()
@@ -82,7 +82,7 @@ def test_content_checks_decide_which_pipelines_run(tmp_path, redis_db, pacs, nod
         finally:
             database.dispose()
 
-    jobs = wait_for(finished, 600, "the four jobs to finish")
+    jobs = wait_for(finished, 1800, "the four jobs to finish")
     log = node.log("worker.log")
     states = {key: (j.state, j.error) for key, j in jobs.items()}
     assert set(states) == {(u, p) for u in (ct_uid, head_uid) for p in ("ct-lung-nodules", "ct-vertebrae")}
