@@ -12,7 +12,8 @@ from enum import StrEnum
 
 import highdicom as hd
 
-from dicom_node.config import PRESENTATION_STATE_SUFFIX
+PRESENTATION_STATE_SUFFIX = "+presentation-state"
+"""As ``dicom_node.config.PRESENTATION_STATE_SUFFIX`` (reports may not import config; a test checks)."""
 
 
 class CompanionType(StrEnum):

@@ -11,9 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicom_node import config as node_config
 from dicom_node.config import load_settings
 from dicom_node.jobs.registry import ResultContext, write_with_reports
 from dicom_node.reports import DEFAULT_PROFILE, OHIF_PROFILE, UNTRAINED_NOTICE, ResultBasis, write_results
+from dicom_node.reports import profile as report_profile
 from dicom_node.reports.presentation import sr_regions
 from dicom_node.reports.profile import resolve_profile
 from pipelines.findings import Findings
@@ -223,6 +225,7 @@ def test_a_destination_turns_presentation_states_on(tmp_path: Path) -> None:
     assert pacs.report_profile == "ohif"
     assert resolve_profile(weasis.report_profile) == replace(DEFAULT_PROFILE, presentation_state=True)
     assert resolve_profile("ohif") == OHIF_PROFILE
+    assert report_profile.PRESENTATION_STATE_SUFFIX == node_config.PRESENTATION_STATE_SUFFIX
     context = ResultContext(pipeline="ct-lung-nodules", basis=ResultBasis.of_sources(list(ct_series())))
     written = write_with_reports(nodule_result(), list(ct_series()), weasis.report_profile, context)
     assert [str(ds.Modality) for ds in written] == ["SR", "PR"]
