@@ -37,6 +37,7 @@ PROFILE = "ohif"
 # Each destination may also get a Grayscale Softcopy Presentation State with the SR's outlines.
 PRESENTATION_STATE = True
 SCREENSHOTS_ENV = "DICOM_NODE_OHIF_SCREENSHOTS"
+JOBS_TIMEOUT = 900
 
 SR_MODALITY, SEG_MODALITY = "SR", "SEG"
 
@@ -71,8 +72,17 @@ def _delivered(node: NodeUnderTest, pacs: Pacs) -> Path:
         jobs = node.rows(Job)
         return len(jobs) == 3 and all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs)
 
-    wait_for(finished, 420, "the three jobs to finish")
+    # The vertebra bundle on CPU is the slow part: minutes on 2 free cores, more on a shared machine.
+    wait_for(finished, JOBS_TIMEOUT, "the three jobs to finish")
     jobs = {j.pipeline: j for j in node.rows(Job)}
+    print(
+        "\njob run seconds:",
+        {
+            n: round((j.finished_at - j.started_at).total_seconds())
+            for n, j in jobs.items()
+            if j.started_at and j.finished_at
+        },
+    )
     for name in ("cxr-classification", "ct-vertebrae"):
         assert jobs[name].state == JobState.SUCCEEDED, (name, jobs[name].error, node.log("worker.log"))
     wait_for(
@@ -94,7 +104,7 @@ def _objects(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [o for study in report["studies"] for o in (*study.get("sr", []), *study.get("seg", []))]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_ohif_displays_the_nodes_own_sr_and_seg(
     tmp_path: Path,
     redis_db: object,
