@@ -37,7 +37,7 @@ PROFILE = "ohif"
 # Each destination may also get a Grayscale Softcopy Presentation State with the SR's outlines.
 PRESENTATION_STATE = True
 SCREENSHOTS_ENV = "DICOM_NODE_OHIF_SCREENSHOTS"
-JOBS_TIMEOUT = 900
+JOBS_TIMEOUT = 1500
 
 SR_MODALITY, SEG_MODALITY = "SR", "SEG"
 
@@ -72,7 +72,8 @@ def _delivered(node: NodeUnderTest, pacs: Pacs) -> Path:
         jobs = node.rows(Job)
         return len(jobs) == 3 and all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs)
 
-    # The vertebra bundle on CPU is the slow part: minutes on 2 free cores, more on a shared machine.
+    # The vertebra bundle on CPU is the slow part: about 2 min of CPU, so minutes on 2 free cores, but
+    # 10 and more on a machine shared with other test runs; hence the generous limits.
     wait_for(finished, JOBS_TIMEOUT, "the three jobs to finish")
     jobs = {j.pipeline: j for j in node.rows(Job)}
     print(
@@ -104,7 +105,7 @@ def _objects(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [o for study in report["studies"] for o in (*study.get("sr", []), *study.get("seg", []))]
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(2400)
 def test_ohif_displays_the_nodes_own_sr_and_seg(
     tmp_path: Path,
     redis_db: object,
@@ -119,7 +120,7 @@ def test_ohif_displays_the_nodes_own_sr_and_seg(
     _install_scaffolds(models_dir, tmp_path)
     pacs.start()
     node = node_factory(
-        task_time_limit=600,
+        task_time_limit=JOBS_TIMEOUT,
         running_lease=120,
         destination_options={
             "profile": PROFILE,

@@ -81,6 +81,17 @@ def test_presentation_states_pass_dciodvfy(written) -> None:
         assert errors == [], (key, output)
 
 
+def test_dcmtk_reads_every_presentation_state(written) -> None:
+    """DCMTK's presentation-state checker (dcmpstat) loads each one as a viewer would."""
+    for key, (_, path) in written.items():
+        if path is None:
+            continue
+        run = subprocess.run(["dcmpschk", str(path)], capture_output=True, text=True, timeout=120)
+        output = run.stdout + run.stderr
+        assert run.returncode == 0 and "Test passed." in output, (key, output)
+        assert not [line for line in output.splitlines() if line.startswith(("E:", "F:"))], (key, output)
+
+
 @pytest.mark.skipif(not PIXELMED.exists(), reason=f"PixelMed ({PIXELMED}) is not installed")
 def test_presentation_states_pass_pixelmed(written) -> None:
     java = shutil.which("java")
