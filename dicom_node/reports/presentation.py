@@ -122,7 +122,7 @@ def _label(group: pydicom.Dataset) -> str:
         measured = num.MeasuredValueSequence[0]
         unit = str(measured.MeasurementUnitsCodeSequence[0].CodeValue)
         value = _number(float(measured.NumericValue))
-        what = _code(num)[1].lower()
+        what = _code(num)[1].split(" (")[0].lower()  # "Calibrated score (operating ...)": the name only
         parts.append(f"{what} {value}" if unit == "1" else f"{what} {value} {unit}")
     text = finding or "Region"
     return f"{text}: {', '.join(parts)}" if parts else text
