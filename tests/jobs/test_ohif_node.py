@@ -107,13 +107,13 @@ def _objects(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(2400)
 def test_ohif_displays_the_nodes_own_sr_and_seg(
+    ohif_harness: Path,  # first: without the harness or Chromium the test skips before it starts anything
+    chromium: str,
     tmp_path: Path,
     redis_db: object,
     pacs: Pacs,
     node_factory: Any,
     test_data: Path,
-    ohif_harness: Path,
-    chromium: str,
 ) -> None:
     started = time.monotonic()
     models_dir = tmp_path / "models"
