@@ -100,6 +100,7 @@ def _print_table(document: Mapping[str, Mapping[str, Any]], resolved: ResolvedSe
                     text = (
                         f"{item['name']}: {item['ae_title']}@{item['host']}:{item['port']} ({item['profile']}"
                     )
+                    text += " + presentation state" if item.get("presentation_state") else ""
                     text += ", TLS)" if item["tls"] else ")"
                 table.add_row(f"{name}[{index}]", escape(text), escape(source))
         else:

@@ -24,6 +24,7 @@ from dicom_node.config.sources import (
 )
 from dicom_node.config.tables import (
     DEFAULT_TIMEOUTS,
+    PRESENTATION_STATE_SUFFIX,
     REPORT_PROFILES,
     AccessPolicy,
     AnalysisSettings,
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_TIMEOUTS",
     "ENV_PREFIX",
     "PIPELINES",
+    "PRESENTATION_STATE_SUFFIX",
     "REPORT_PROFILES",
     "SELECTIONS",
     "AccessPolicy",

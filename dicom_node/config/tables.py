@@ -38,6 +38,8 @@ from dicom_node.errors import ConfigError
 
 REPORT_PROFILES = ("standard", "ohif", "labelmap")
 """The names of ``dicom_node.reports.profile.PROFILES`` (config may not import reports; a test checks)."""
+PRESENTATION_STATE_SUFFIX = "+presentation-state"
+"""Appended to a destination's profile name when it gets presentation states (``report_profile``)."""
 
 
 class Table(BaseModel):
@@ -113,6 +115,13 @@ class Destination(Table):
     server_name: str | None = None
     """The name the peer's certificate must carry; absent: ``host`` (a DNS name or an IP address)."""
     profile: str = "standard"
+    presentation_state: bool = False
+    """Also a Grayscale Softcopy Presentation State with each SR's outlines and labels (docs/reports.md)."""
+
+    @property
+    def report_profile(self) -> str:
+        """The name results are written and delivered under: ``profile``, plus the presentation state."""
+        return self.profile + (PRESENTATION_STATE_SUFFIX if self.presentation_state else "")
 
     @model_validator(mode="after")
     def _tls_settings(self) -> Destination:
@@ -192,6 +201,7 @@ def parse_address(text: str) -> Destination:
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
+    "PRESENTATION_STATE_SUFFIX",
     "REPORT_PROFILES",
     "AccessPolicy",
     "Destination",

@@ -225,7 +225,7 @@ def _complete(
                 ae_title=destination.ae_title,
                 host=destination.host,
                 port=destination.port,
-                profile=destination.profile,
+                profile=destination.report_profile,
                 state=DeliveryState.PENDING,
                 attempts=0,
                 failures=0,
@@ -316,7 +316,7 @@ def _analyse(context: WorkerContext, job: Job, token: str, lease: LeaseHeartbeat
     model_version = _model_version(pipeline, findings)
     weights = str(getattr(getattr(findings, "model", None), "weights_sha256", "") or "")
     key = basis_key(source, job.pipeline, model_version or "", weights)
-    profiles = sorted({d.profile for d in context.settings.destinations}) or ["standard"]
+    profiles = sorted({d.report_profile for d in context.settings.destinations}) or ["standard"]
     basis = settle_basis(context, job.id, source, key)  # records the basis replaced_reports reads
     result_context = ResultContext(
         pipeline=job.pipeline, basis=basis, predecessors=replaced_reports(context, job, key, profiles)

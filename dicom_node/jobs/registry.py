@@ -58,11 +58,12 @@ def write_with_reports(
     written by another version) is an error, never a silent fallback to the default profile.
     """
     from dicom_node import reports
-    from dicom_node.reports.profile import PROFILES
+    from dicom_node.reports.profile import PROFILES, resolve_profile
 
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown report profile {profile!r}; one of {', '.join(PROFILES)}")
-    chosen = PROFILES[profile]
+    try:
+        chosen = resolve_profile(profile)
+    except KeyError:
+        raise ConfigError(f"unknown report profile {profile!r}; one of {', '.join(PROFILES)}") from None
     write_results: Callable[..., list[Dataset]] = reports.write_results
     return list(
         write_results(

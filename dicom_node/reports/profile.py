@@ -7,10 +7,13 @@ The default profile is plain DICOM: a BINARY SEG, one TID 1500 SR per result, no
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import highdicom as hd
+
+PRESENTATION_STATE_SUFFIX = "+presentation-state"
+"""As ``dicom_node.config.PRESENTATION_STATE_SUFFIX`` (reports may not import config; a test checks)."""
 
 
 class CompanionType(StrEnum):
@@ -27,11 +30,14 @@ class ReportProfile:
     ``seg_type``: BINARY (read by most viewers) or LABELMAP (RLE-compressed, far smaller).
     ``companion``: add a secondary capture with the findings drawn, for viewers without SR support.
     ``ohif_compatible``: split and lay out SRs so that OHIF 3.13 displays every one of them.
+    ``presentation_state``: add a Grayscale Softcopy Presentation State with each SR's outlines and
+    labels (reports/presentation.py), for viewers that draw no SR graphics.
     """
 
     seg_type: hd.seg.SegmentationTypeValues = hd.seg.SegmentationTypeValues.BINARY
     companion: CompanionType = CompanionType.NONE
     ohif_compatible: bool = False
+    presentation_state: bool = False
 
     def __post_init__(self) -> None:
         # Accept strings at this outer API and turn them into the enums at once.
@@ -54,3 +60,16 @@ PROFILES: Mapping[str, ReportProfile] = {
     "labelmap": LABELMAP_PROFILE,
 }
 """The profiles a ``[[destinations]]`` entry may name (``dicom_node.config.REPORT_PROFILES`` lists them)."""
+
+
+def resolve_profile(name: str) -> ReportProfile:
+    """The profile a destination's effective profile name stands for (``Destination.report_profile``).
+
+    ``"<profile>+presentation-state"`` is the named profile with ``presentation_state`` set;
+    ``KeyError`` for a name that is not one.
+    """
+    base, plus, rest = name.partition("+")
+    if plus and "+" + rest != PRESENTATION_STATE_SUFFIX:
+        raise KeyError(name)
+    profile = PROFILES[base]
+    return replace(profile, presentation_state=True) if plus else profile

@@ -12,6 +12,7 @@ import pydicom
 from pipelines.findings import Findings, SegmentationResult
 
 from .companion import write_companion
+from .presentation import write_presentation_state
 from .profile import DEFAULT_PROFILE, CompanionType, ReportProfile
 from .seg import seg_kind, write_segmentation
 from .sr import write_measurement_report
@@ -56,6 +57,13 @@ def write_results(
             result, sources, profile, segmentation, pipeline=pipeline, basis=basis, predecessors=predecessors
         )
     objects.extend(built[key])
+    if profile.presentation_state:  # one GSPS per SR that has outlines (reports/presentation.py)
+        for sr in built[key]:
+            pr_key = ("pr", str(sr.SOPInstanceUID))
+            if pr_key not in built:
+                pr = write_presentation_state(sr, result, sources, pipeline=pipeline, basis=basis)
+                built[pr_key] = [] if pr is None else [pr]
+            objects.extend(built[pr_key])
     if profile.companion == CompanionType.SECONDARY_CAPTURE:
         if "companion" not in built:
             built["companion"] = [write_companion(result, sources, pipeline=pipeline, basis=basis)]
