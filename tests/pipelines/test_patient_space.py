@@ -5,8 +5,9 @@ transposed, reversed and shuffled files) hold the same voxels at the same patien
 variant's label map is mapped back onto the original's grid by exact index mapping from its own
 headers and must equal the original's in every voxel; nodule boxes must agree within half a voxel.
 Networks: the bone-band oracle on the bundle's 1.5 mm grid (the full series: the resampling round trip
-where rounding ties live) and the bundle's SegResNet with scaffold weights (a crop: on 2 shared cores
-one 96³ window takes about 12 s), content-only detectors on the nodule grid.
+where rounding ties live) and the bundle's SegResNet with scaffold weights (a 144 × 144 crop, one 96³
+window: 17–28 s per variant on the shared 2 cores; the full series takes 200–490 s per run, see
+docs/geometry.md for that measurement), content-only detectors on the nodule grid.
 """
 
 from __future__ import annotations
