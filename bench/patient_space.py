@@ -71,9 +71,8 @@ def main() -> None:
                 continue
             differing = mapped != reference
             columns = np.unique(np.nonzero(differing)[2]).tolist()
-            print(
-                f"{variant}: {np.count_nonzero(differing)} voxels differ, in columns {columns}, {seconds:.1f} s"
-            )
+            count = np.count_nonzero(differing)
+            print(f"{variant}: {count} voxels differ, in columns {columns}, {seconds:.1f} s")
 
 
 if __name__ == "__main__":
