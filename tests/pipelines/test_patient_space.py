@@ -5,8 +5,9 @@ transposed, reversed and shuffled files) hold the same voxels at the same patien
 variant's label map is mapped back onto the original's grid by exact index mapping from its own
 headers and must equal the original's in every voxel; nodule boxes must agree within half a voxel.
 Networks: the bone-band oracle on the bundle's 1.5 mm grid (the full series: the resampling round trip
-where rounding ties live) and the bundle's SegResNet with scaffold weights (a crop: on 2 shared cores
-one 96³ window takes about 12 s), content-only detectors on the nodule grid.
+where rounding ties live) and the bundle's SegResNet with scaffold weights (a 144 × 144 crop, one 96³
+window: 17–28 s per variant on the shared 2 cores; the full series takes 200–490 s per run, see
+docs/geometry.md for that measurement), content-only detectors on the nodule grid.
 """
 
 from __future__ import annotations
@@ -220,3 +221,45 @@ def test_a_nodule_half_way_between_two_slices_names_the_same_image_in_every_layo
         for v, paths in patient_variants.items()
     }
     assert set(named.values()) == {str(above.SOPInstanceUID)}, named
+
+
+def _rotation_z(degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("degrees", [0.0, 20.0])
+def test_all_48_axis_orders_and_signs_give_one_canonical_volume(degrees):
+    """A small synthetic volume (axial, or oblique by 20°) written in every signed permutation of its
+    index axes, each with the affine that keeps every voxel at its patient position."""
+    from itertools import permutations, product
+
+    from pipelines.findings import ImageReference
+    from pipelines.io import CtVolume
+
+    rng = np.random.default_rng(5)
+    canonical = rng.normal(size=(4, 5, 6)).astype(np.float32)  # (k, j, i)
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation_z(degrees) @ np.diag([0.7, 0.8, 2.5])
+    affine[:3, 3] = [-120.25, 33.5, -700.0]
+    sizes_ijk = canonical.shape[::-1]
+    seen = set()
+    for perm, signs in product(permutations(range(3)), product((1, -1), repeat=3)):
+        # Source index axis n (column, row, slice) runs along canonical index axis perm[n].
+        t = np.zeros((4, 4))
+        t[3, 3] = 1.0
+        for n in range(3):
+            t[perm[n], n] = signs[n]
+            t[perm[n], 3] = 0.0 if signs[n] > 0 else sizes_ijk[perm[n]] - 1
+        shape = tuple(sizes_ijk[perm[n]] for n in (2, 1, 0))  # (slices, rows, columns)
+        s, r, c = np.meshgrid(*(np.arange(x) for x in shape), indexing="ij")
+        ijk = t[:3, :3] @ np.stack([c.ravel(), r.ravel(), s.ravel()]) + t[:3, 3:]
+        voxels = canonical[ijk[2].astype(int), ijk[1].astype(int), ijk[0].astype(int)].reshape(shape)
+        references = tuple(ImageReference("1.2.3", f"1.2.3.{k}") for k in range(shape[0]))
+        volume = CtVolume(voxels, affine @ t, references, "1.2.3.9", "1.2.3.8")
+        space = PatientSpace.of(volume)
+        np.testing.assert_array_equal(space.voxels, canonical)
+        np.testing.assert_array_equal(space.affine_lps, np.round(affine, 8) + 0.0)
+        np.testing.assert_array_equal(space.to_source(space.voxels), voxels)  # and exactly back
+        seen.add((perm, signs))
+    assert len(seen) == 48
