@@ -58,11 +58,11 @@ def write_with_reports(
     written by another version) is an error, never a silent fallback to the default profile.
     """
     from dicom_node import reports
-    from dicom_node.reports.profile import PROFILES
+    from dicom_node.reports.profile import PROFILES, profile_named
 
     if profile not in PROFILES:
         raise ConfigError(f"unknown report profile {profile!r}; one of {', '.join(PROFILES)}")
-    chosen = PROFILES[profile]
+    chosen = profile_named(profile)
     write_results: Callable[..., list[Dataset]] = reports.write_results
     return list(
         write_results(

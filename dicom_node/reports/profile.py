@@ -1,16 +1,20 @@
 """Per-destination choices of how results are encoded.
 
-The default profile is plain DICOM: a BINARY SEG, one TID 1500 SR per result, no companion image.
-``OHIF_PROFILE`` lays the same findings out the way OHIF 3.13 can display them (see docs/reports.md).
+The default profile is plain DICOM: a BINARY SEG, one TID 1500 SR per result, no companion image. The SR
+has one shape for every destination (docs/reports.md): the former ``ohif`` profile, whose SR differed,
+is an alias of ``standard`` now, accepted with a deprecation warning in the log.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 import highdicom as hd
+
+log = logging.getLogger(__name__)
 
 
 class CompanionType(StrEnum):
@@ -26,12 +30,10 @@ class ReportProfile:
 
     ``seg_type``: BINARY (read by most viewers) or LABELMAP (RLE-compressed, far smaller).
     ``companion``: add a secondary capture with the findings drawn, for viewers without SR support.
-    ``ohif_compatible``: split and lay out SRs so that OHIF 3.13 displays every one of them.
     """
 
     seg_type: hd.seg.SegmentationTypeValues = hd.seg.SegmentationTypeValues.BINARY
     companion: CompanionType = CompanionType.NONE
-    ohif_compatible: bool = False
 
     def __post_init__(self) -> None:
         # Accept strings at this outer API and turn them into the enums at once.
@@ -45,12 +47,27 @@ class ReportProfile:
 
 
 DEFAULT_PROFILE = ReportProfile()
-OHIF_PROFILE = ReportProfile(ohif_compatible=True)
 LABELMAP_PROFILE = ReportProfile(seg_type=hd.seg.SegmentationTypeValues.LABELMAP)
+OHIF_PROFILE = DEFAULT_PROFILE
+"""Deprecated: the standard profile, whose SR OHIF 3.13 displays."""
+
+DEPRECATED_ALIASES: Mapping[str, str] = {"ohif": "standard"}
 
 PROFILES: Mapping[str, ReportProfile] = {
     "standard": DEFAULT_PROFILE,
-    "ohif": OHIF_PROFILE,
+    "ohif": DEFAULT_PROFILE,
     "labelmap": LABELMAP_PROFILE,
 }
 """The profiles a ``[[destinations]]`` entry may name (``dicom_node.config.REPORT_PROFILES`` lists them)."""
+
+
+def profile_named(name: str) -> ReportProfile:
+    """The profile called ``name``; a deprecated alias logs a warning. ``KeyError`` for unknown names."""
+    chosen = PROFILES[name]
+    if name in DEPRECATED_ALIASES:
+        log.warning(
+            'report profile "%s" is deprecated: it is the "%s" profile now (one SR shape that OHIF displays)',
+            name,
+            DEPRECATED_ALIASES[name],
+        )
+    return chosen
