@@ -60,6 +60,7 @@ class ReadVolume:
     mean_attenuation_hu: float | None
     segment_number: int | None
     segmentation_sop_instance_uid: str | None
+    tracking_uid: str = ""
 
 
 def _report(sr: pydicom.Dataset) -> hd.sr.Comprehensive3DSR:
@@ -221,6 +222,7 @@ def read_volumes(sr: pydicom.Dataset) -> list[ReadVolume]:
                 )
                 if segment is not None
                 else None,
+                tracking_uid=str(group.tracking_uid),
             )
         )
     return out

@@ -157,8 +157,9 @@ def _build_report(
     for i, item in enumerate(root):
         if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "126010":
             if not content.groups:
-                # Imaging Measurements stays, empty: OHIF reads its groups and fails without the container.
-                del item.ContentSequence
+                # No group: no Imaging Measurements (an empty container is invalid; TID 1500 needs one of
+                # rows 6, 10 and 12, and OHIF reads an SR without it as one with no measurements).
+                del root[i]
             root.insert(i, _image_library(images, region))
             break
     notes: list[hd.sr.CodeContentItem | hd.sr.TextContentItem] = list(content.evaluations)
