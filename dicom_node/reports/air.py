@@ -45,8 +45,7 @@ def algorithm_equipment(model: ModelInfo) -> ContributingEquipment:
         software_versions=model.version[:64],
         device_serial_number=(model.weights_sha256 or "unknown")[:64],
         contribution_description=(
-            f"AI algorithm {model.name} {model.version}"
-            + (" (untrained weights)" if model.untrained else "")
+            f"AI algorithm {model.name} {model.version}" + (" (untrained weights)" if model.untrained else "")
         )[:1024],
     )
     item.DeviceUID = device_uid(model)

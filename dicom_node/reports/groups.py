@@ -139,12 +139,12 @@ def plane_outlines(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]
     close. Holes are outlined too (a viewer draws them as lines); points within 0.5 pixel of a straight
     line are dropped.
     """
-    contours = measure.find_contours(np.pad(mask.astype(np.float64), 1), 0.5)
+    contours = measure.find_contours(np.pad(mask.astype(np.float64), 1), 0.5)  # type: ignore[no-untyped-call]
     if not contours:
         raise ValueError("The mask is empty: it has no outline.")
     out = []
     for contour in sorted(contours, key=len, reverse=True):
-        simplified = measure.approximate_polygon(contour, tolerance=0.5)
+        simplified = measure.approximate_polygon(contour, tolerance=0.5)  # type: ignore[no-untyped-call]
         rows, cols = simplified[:, 0] - 1, simplified[:, 1] - 1
         points = np.stack([cols + 0.5, rows + 0.5], axis=1)
         if not np.array_equal(points[0], points[-1]):
@@ -205,12 +205,8 @@ def outlines(mask: npt.NDArray[np.bool_], planes: list[pydicom.Dataset]) -> list
     form every viewer can draw, and the group shares the SEG segment's Tracking UID.
     """
     central = central_plane(mask)
-    occupied = [k for k in np.flatnonzero(mask.any(axis=(1, 2))) if k != central]
-    return [
-        _region(polygon, planes[k])
-        for k in (central, *occupied)
-        for polygon in plane_outlines(mask[k])
-    ]
+    occupied = [int(k) for k in np.flatnonzero(mask.any(axis=(1, 2))) if k != central]
+    return [_region(polygon, planes[k]) for k in (central, *occupied) for polygon in plane_outlines(mask[k])]
 
 
 def _volume_measurements(volume_mm3: float, mean_hu: float | None) -> list[hd.sr.Measurement]:

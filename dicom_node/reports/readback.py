@@ -123,16 +123,21 @@ def read_evaluations(sr: pydicom.Dataset) -> list[tuple[hd.sr.CodedConcept, bool
 def read_classification(sr: pydicom.Dataset) -> list[ReadFinding]:
     """The classification findings of an SR (its Qualitative Evaluations), in document order."""
     out = []
-    source = str(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-                 .ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+    source = str(
+        sr.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+    )
     for item in _evaluations_container(sr):
         if item.ValueType != "CODE":
             continue
         code = hd.sr.CodedConcept.from_dataset(item.ConceptNameCodeSequence[0])
         nums = {
-            (n.ConceptNameCodeSequence[0].CodeValue, n.ConceptNameCodeSequence[0].CodingSchemeDesignator): float(
-                n.MeasuredValueSequence[0].NumericValue
-            )
+            (
+                n.ConceptNameCodeSequence[0].CodeValue,
+                n.ConceptNameCodeSequence[0].CodingSchemeDesignator,
+            ): float(n.MeasuredValueSequence[0].NumericValue)
             for n in item.get("ContentSequence", [])
             if n.ValueType == "NUM"
         }

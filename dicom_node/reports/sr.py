@@ -103,7 +103,9 @@ def _plain_entry(ds: pydicom.Dataset) -> hd.sr.ImageContentItem:
     item.ContentSequence = hd.sr.ContentSequence(
         [
             hd.sr.CodeContentItem(name=c.MODALITY, value=c.modality_code(ds), relationship_type=context),
-            hd.sr.NumContentItem(name=c.PIXEL_DATA_ROWS, value=int(ds.Rows), unit=c.PIXELS, relationship_type=context),
+            hd.sr.NumContentItem(
+                name=c.PIXEL_DATA_ROWS, value=int(ds.Rows), unit=c.PIXELS, relationship_type=context
+            ),
             hd.sr.NumContentItem(
                 name=c.PIXEL_DATA_COLUMNS, value=int(ds.Columns), unit=c.PIXELS, relationship_type=context
             ),
@@ -166,7 +168,9 @@ def _build_report(
     if model.untrained:
         notes.append(
             hd.sr.TextContentItem(
-                name=c.COMMENT, value=UNTRAINED_NOTICE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+                name=c.COMMENT,
+                value=UNTRAINED_NOTICE,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
     if notes:

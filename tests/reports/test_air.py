@@ -13,9 +13,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.sr.codedict import codes
 from scipy import ndimage
 from skimage import measure
-from pydicom.sr.codedict import codes
 
 from dicom_node.reports import DEFAULT_PROFILE, LABELMAP_PROFILE, write_results
 from dicom_node.reports.air import device_uid
@@ -29,7 +29,10 @@ from .tools import to_bytes
 PROCESSING_EQUIPMENT = ("109102", "DCM")
 AI = ("123110", "DCM")
 # CID 100 as PixelMed 2022 validates it (a subset of what pydicom 3 lists): the codes we may use.
-CID_100 = {(code.value, code.scheme_designator) for code in (codes.LN.CTUnspecifiedBodyRegion, codes.SCT.ImagingProcedure)}
+CID_100 = {
+    (code.value, code.scheme_designator)
+    for code in (codes.LN.CTUnspecifiedBodyRegion, codes.SCT.ImagingProcedure)
+}
 
 
 def _cases() -> list[tuple[str, Findings, list[pydicom.Dataset]]]:
@@ -52,7 +55,9 @@ def _code(item: pydicom.Dataset) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def objects() -> list[tuple[str, Findings, list[pydicom.Dataset], hd.sr.Comprehensive3DSR | hd.seg.Segmentation]]:
+def objects() -> list[
+    tuple[str, Findings, list[pydicom.Dataset], hd.sr.Comprehensive3DSR | hd.seg.Segmentation]
+]:
     out = []
     for case, result, sources in _cases():
         for profile in (DEFAULT_PROFILE, LABELMAP_PROFILE):
@@ -66,8 +71,7 @@ def test_the_algorithm_is_contributing_equipment_with_a_device_uid_of_its_weight
         items = [
             item
             for item in obj.ContributingEquipmentSequence
-            if _code(item.PurposeOfReferenceCodeSequence[0]) == PROCESSING_EQUIPMENT
-            and "DeviceUID" in item
+            if _code(item.PurposeOfReferenceCodeSequence[0]) == PROCESSING_EQUIPMENT and "DeviceUID" in item
         ]
         assert len(items) == 1, f"{case} {obj.Modality}: the algorithm's equipment item"
         (item,) = items
@@ -93,8 +97,12 @@ def test_sr_observer_procedure_library_groups_and_negatives(objects) -> None:
         report = sr.content
         assert isinstance(report, hd.sr.MeasurementReport)
         # The algorithm is the observer device, with the same Device UID.
-        (observer,) = [i for i in sr.ContentSequence if i.ValueType == "UIDREF" and i.RelationshipType == "HAS OBS CONTEXT"]
-        assert observer.UID == device_uid(result.model)
+        (observer,) = [
+            i
+            for i in sr.ContentSequence
+            if i.ValueType == "UIDREF" and i.RelationshipType == "HAS OBS CONTEXT"
+        ]
+        assert device_uid(result.model) == observer.UID
         # Procedure Reported: from CID 100, naming the imaging (CT for CT, else "Imaging procedure").
         (procedure,) = [
             i
@@ -163,7 +171,9 @@ def test_vertebra_groups_are_the_seg_segments_drawn_on_their_central_slice(objec
         planes = {str(s.SOPInstanceUID): k for k, s in enumerate(sources)}
         for group in groups:
             segment = segments[str(group.tracking_uid)]
-            assert group.finding_type == hd.sr.CodedConcept.from_dataset(segment.SegmentedPropertyTypeCodeSequence[0])
+            assert group.finding_type == hd.sr.CodedConcept.from_dataset(
+                segment.SegmentedPropertyTypeCodeSequence[0]
+            )
             value = int(str(segment.TrackingID).split()[1].rstrip(":"))
             mask = result.label_map == value
             occupied = np.flatnonzero(mask.any(axis=(1, 2)))
@@ -189,7 +199,10 @@ def test_vertebra_groups_are_the_seg_segments_drawn_on_their_central_slice(objec
             far = ~ndimage.binary_dilation(mask[central], iterations=2)
             assert not inside[far].any()
             # Outlines on every occupied plane, none elsewhere.
-            on = {planes[str(r.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)] for r in regions}
+            on = {
+                planes[str(r.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)]
+                for r in regions
+            }
             assert on == {int(k) for k in occupied}
 
 

@@ -80,7 +80,9 @@ def pixelmed_reports(paths: list[Path], *, timeout: float = 1500) -> dict[Path, 
         timeout=timeout,
     )
     if run.returncode != 0:
-        raise RuntimeError(f"PixelMed batch failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+        raise RuntimeError(
+            f"PixelMed batch failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        )
     reports: dict[Path, str] = {}
     current: Path | None = None
     lines: list[str] = []
