@@ -101,6 +101,11 @@ MODALITY = _cc(codes.DCM.Modality)  # DCM 121139
 PIXEL_DATA_ROWS = _cc(codes.DCM.PixelDataRows)  # DCM 110910
 PIXEL_DATA_COLUMNS = _cc(codes.DCM.PixelDataColumns)  # DCM 110911
 PIXELS = hd.sr.CodedConcept(value="{pixels}", scheme_designator="UCUM", meaning="Pixels")
+IMAGE_REGION = _cc(codes.DCM.ImageRegion)  # DCM 111030
+# Counts of the summary group of an SR that found nothing to outline (PS3.16 has no such concepts).
+NODULES_DETECTED = private_code("NODCOUNT", "Nodules detected")
+FINDINGS_ABOVE_THRESHOLD = private_code("POSCOUNT", "Findings above threshold")
+SEGMENTS_FOUND = private_code("SEGCOUNT", "Structures segmented")
 
 
 def modality_code(ds: pydicom.Dataset) -> hd.sr.CodedConcept:

@@ -43,6 +43,8 @@ class Content:
     groups: list[Group] = field(default_factory=list)
     evaluations: list[hd.sr.CodeContentItem] = field(default_factory=list)
     evidence: list[pydicom.Dataset] = field(default_factory=list)
+    # What the summary group counts when there is no other group (e.g. "Nodules detected" = 0).
+    count: tuple[hd.sr.CodedConcept, int] | None = None
 
 
 def _rectangle(cx: float, cy: float, half_w: float, half_h: float) -> npt.NDArray[np.float64]:
@@ -91,7 +93,8 @@ def classification_content(result: ClassificationResult, index: SourceIndex, sop
         )
         for finding in result.findings
     ]
-    return Content(evaluations=evaluations, evidence=[image])
+    positives = sum(1 for finding in result.findings if finding.positive)
+    return Content(evaluations=evaluations, evidence=[image], count=(c.FINDINGS_ABOVE_THRESHOLD, positives))
 
 
 def nodule_content(result: NoduleDetectionResult, index: SourceIndex, sop_uid: str) -> Content:
@@ -128,6 +131,7 @@ def nodule_content(result: NoduleDetectionResult, index: SourceIndex, sop_uid: s
     if not result.nodules:
         out.evaluations.append(absent(c.NODULE))  # "no nodule detected"
     out.evidence = list(evidence.values())
+    out.count = (c.NODULES_DETECTED, len(result.nodules))
     return out
 
 
@@ -169,7 +173,7 @@ def segmentation_content(
     """A TID 1411 group per segment: the SEG segment and the outline on the segment's central slice."""
     planes = [index.get(ref) for ref in result.source_images]
     labels = {label.value: label for label in present_labels(result)}
-    out = Content(evidence=list(planes))
+    out = Content(evidence=list(planes), count=(c.SEGMENTS_FOUND, len(labels)))
     if not labels:
         out.evaluations.append(absent(c.VERTEBRA))
         return out
@@ -195,6 +199,38 @@ def segmentation_content(
         )
         out.groups.append(group)
     return out
+
+
+def summary_group(
+    count: tuple[hd.sr.CodedConcept, int], image: pydicom.Dataset, sop_uid: str, model: ModelInfo
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The one group of an SR that has no other: a count (0 nodules, 0 findings) at a POINT.
+
+    OHIF 3.13 throws on an SR without any measurement (its SR viewport jumps to the first one), so an
+    SR that found nothing still holds one drawable group: TID 1501 on the analysed image, its source a
+    POINT in the image's top-left corner (row 10c, not a region: it outlines nothing), labelled with
+    the count. The explicit negative is the document-level "<finding>: Absent".
+    """
+    name, value = count
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking_identifier(sop_uid, "summary"),
+        algorithm_id=_algorithm(model),
+        measurements=[_unitless(name, value)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
+    )
+    point = hd.sr.ScoordContentItem(
+        name=c.IMAGE_REGION,
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.array([[0.05 * int(image.Columns), 0.05 * int(image.Rows)]]),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    point.ContentSequence = hd.sr.ContentSequence([hd.sr.SourceImageForRegion.from_source_image(image)])
+    items = group[0].ContentSequence
+    at = next(i for i, item in enumerate(items) if item.ValueType == "IMAGE")
+    # The SCOORD, SELECTED FROM the image, is the group's source (row 10c/10d) instead of the IMAGE.
+    items.pop(at)
+    items.insert(at, point)
+    return group
 
 
 def outlines(mask: npt.NDArray[np.bool_], planes: list[pydicom.Dataset]) -> list[hd.sr.ImageRegion]:

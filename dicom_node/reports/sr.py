@@ -45,14 +45,11 @@ from .air import (
     qualitative_evaluations,
     target_region,
 )
-from .groups import Content, classification_content, nodule_content, segmentation_content
+from .groups import Content, classification_content, nodule_content, segmentation_content, summary_group
 from .naming import UNTRAINED_NOTICE, default_pipeline, series_description
 from .profile import DEFAULT_PROFILE, ReportProfile
 from .sources import SourceIndex, copy_study_attributes
 from .uids import DocumentReference, ResultBasis, ResultKind, result_identity, settle
-
-# A placeholder group lets highdicom build a report that has none (it insists on one); it is removed.
-_PLACEHOLDER = "placeholder"
 
 
 def _observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
@@ -138,18 +135,19 @@ def _image_library(images: Sequence[pydicom.Dataset], region: hd.sr.CodedConcept
     return library
 
 
-def _placeholder(image: pydicom.Dataset) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(identifier=_PLACEHOLDER),
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
-    )
-
-
 def _build_report(
-    content: Content, model: ModelInfo, procedure: hd.sr.CodedConcept, region: hd.sr.CodedConcept
+    content: Content,
+    model: ModelInfo,
+    procedure: hd.sr.CodedConcept,
+    region: hd.sr.CodedConcept,
+    sop_uid: str,
 ) -> hd.sr.MeasurementReport:
     images = [ds for ds in content.evidence if ds.get("Modality") != "SEG"]
-    groups = content.groups or [_placeholder(images[0])]
+    groups = list(content.groups)
+    if not groups:
+        if content.count is None:
+            raise ValueError("A result without groups needs a count for its summary group.")
+        groups = [summary_group(content.count, images[len(images) // 2], sop_uid, model)]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(model),
         procedure_reported=procedure,
@@ -158,10 +156,6 @@ def _build_report(
     root = report[0].ContentSequence
     for i, item in enumerate(root):
         if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "126010":
-            if not content.groups:
-                # No group: no Imaging Measurements (an empty container is invalid; TID 1500 needs one of
-                # rows 6, 10 and 12, and OHIF reads an SR without it as one with no measurements).
-                del root[i]
             root.insert(i, _image_library(images, region))
             break
     notes: list[hd.sr.CodeContentItem | hd.sr.TextContentItem] = list(content.evaluations)
@@ -212,7 +206,7 @@ def write_measurement_report(
     else:  # pragma: no cover - the Findings union is closed
         raise TypeError(f"Unknown result type {type(result).__name__}.")
     procedure = procedure_reported(str(index.first.get("Modality", "")))
-    report = _build_report(content, result.model, procedure, region)
+    report = _build_report(content, result.model, procedure, region, sop_uid)
     sr = hd.sr.Comprehensive3DSR(
         evidence=content.evidence,
         content=report,

@@ -17,7 +17,7 @@ from pydicom.sr.codedict import codes
 from scipy import ndimage
 from skimage import measure
 
-from dicom_node.reports import DEFAULT_PROFILE, LABELMAP_PROFILE, write_results
+from dicom_node.reports import DEFAULT_PROFILE, LABELMAP_PROFILE, CompanionType, ReportProfile, write_results
 from dicom_node.reports.air import device_uid
 from dicom_node.reports.readback import read_evaluations
 from pipelines.findings import Findings
@@ -80,7 +80,13 @@ def test_the_algorithm_is_contributing_equipment_with_a_device_uid_of_its_weight
         assert item.SoftwareVersions == result.model.version
         assert item.DeviceUID == device_uid(result.model)
         assert item.DeviceSerialNumber == (result.model.weights_sha256 or "unknown")
-    model = classification_result().model
+    # The companion image names the algorithm in the same way.
+    result = classification_result()
+    (_, companion) = write_results(result, [cxr()], ReportProfile(companion=CompanionType.SECONDARY_CAPTURE))
+    assert [i.DeviceUID for i in companion.ContributingEquipmentSequence if "DeviceUID" in i] == [
+        device_uid(result.model)
+    ]
+    model = result.model
     assert device_uid(model) != device_uid(replace(model, weights_sha256="ab" * 32))
     assert device_uid(model) != device_uid(replace(model, version="9.9"))
 
@@ -138,18 +144,28 @@ def test_sr_observer_procedure_library_groups_and_negatives(objects) -> None:
             assert any(i.ValueType in ("SCOORD", "SCOORD3D") for i in group[0].ContentSequence), case
         # Explicit results: what was evaluated, present or absent; "found nothing" is said.
         evaluations = {(f.value, f.scheme_designator): present for f, present in read_evaluations(sr)}
+        summaries = [g for g in groups if str(g.tracking_identifier) == "summary"]
         if case == "cxr":
-            assert len(groups) == 0
             assert evaluations == {
                 (c.value, c.scheme_designator): f.positive
                 for f, c in zip(result.findings, _finding_codes(result), strict=True)
             }
+            # No region-bearing finding group: one summary group OHIF can show, counting the positives.
+            assert groups == summaries and _count(summaries[0]) == sum(f.positive for f in result.findings)
         elif case == "no-nodules":
-            assert groups == [] and evaluations == {("27925004", "SCT"): False}
+            assert evaluations == {("27925004", "SCT"): False}  # "no nodule detected"
+            assert groups == summaries and _count(summaries[0]) == 0
         elif case == "nodules":
-            assert len(groups) == len(result.nodules) and evaluations == {}
+            assert len(groups) == len(result.nodules) and evaluations == {} and not summaries
         else:
-            assert len(groups) == len(result.labels)
+            assert len(groups) == len(result.labels) and not summaries
+
+
+def _count(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> float:
+    (measurement,) = group.get_measurements()
+    point = next(i for i in group[0].ContentSequence if i.ValueType == "SCOORD")
+    assert point.GraphicType == "POINT"  # a place for the label, outlining nothing
+    return float(measurement.value)
 
 
 def _finding_codes(result: Findings) -> list[hd.sr.CodedConcept]:
