@@ -237,3 +237,16 @@ def test_seg_segments_carry_their_anatomy_and_the_image_laterality(objects) -> N
             )
             assert description.TrackingID and description.TrackingUID
             assert description.SegmentAlgorithmType == "AUTOMATIC"
+
+
+def test_the_ohif_profile_is_a_deprecated_alias_of_standard(caplog: pytest.LogCaptureFixture) -> None:
+    from dicom_node.reports.profile import profile_named
+
+    with caplog.at_level("WARNING", logger="dicom_node.reports.profile"):
+        assert profile_named("ohif") is profile_named("standard") is DEFAULT_PROFILE
+    assert [r.getMessage() for r in caplog.records] == [
+        'report profile "ohif" is deprecated: it is the "standard" profile now '
+        "(one SR shape that OHIF displays)"
+    ]
+    with pytest.raises(KeyError):
+        profile_named("fancy")
