@@ -140,7 +140,7 @@ def plane_outlines(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]
 
     The iso-0.5 contour of the mask (skimage marching squares) runs half a pixel outside the boundary
     pixels' centres, i.e. along their outer edges; the mask is padded so that regions at the border
-    close. Holes are outlined too (a viewer draws them as lines); points within 0.5 pixel of a straight
+    close. Holes are outlined too (a viewer draws them as lines); points within 0.25 pixel of a straight
     line are dropped.
     """
     contours = measure.find_contours(np.pad(mask.astype(np.float64), 1), 0.5)  # type: ignore[no-untyped-call]
@@ -148,7 +148,9 @@ def plane_outlines(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]
         raise ValueError("The mask is empty: it has no outline.")
     out = []
     for contour in sorted(contours, key=len, reverse=True):
-        simplified = measure.approximate_polygon(contour, tolerance=0.5)  # type: ignore[no-untyped-call]
+        simplified = measure.approximate_polygon(contour, tolerance=0.25)  # type: ignore[no-untyped-call]
+        if len(simplified) < 4:  # a region of one or two pixels: keep its diamond as it is
+            simplified = contour
         rows, cols = simplified[:, 0] - 1, simplified[:, 1] - 1
         points = np.stack([cols + 0.5, rows + 0.5], axis=1)
         if not np.array_equal(points[0], points[-1]):
@@ -186,14 +188,17 @@ def segmentation_content(
         value = label_value_from_tracking_id(str(description.TrackingID))
         label = labels[value]
         mask = result.label_map == value
+        structure = hd.sr.CodedConcept.from_dataset(description.SegmentedPropertyTypeCodeSequence[0])
         group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             # The SEG segment's own Tracking Identifier and UID: the group and the segment are one object.
             tracking_identifier=hd.sr.TrackingIdentifier(
                 identifier=str(description.TrackingID), uid=str(description.TrackingUID)
             ),
             referenced_regions=outlines(mask, planes),
-            finding_type=hd.sr.CodedConcept.from_dataset(description.SegmentedPropertyTypeCodeSequence[0]),
-            finding_sites=[hd.sr.FindingSite(anatomic_location=c.SPINE)],
+            finding_type=structure,
+            # The structure itself as the finding site: what OHIF prints under the outline (e.g. "T12
+            # vertebra"), which a finding site Spine would not tell apart.
+            finding_sites=[hd.sr.FindingSite(anatomic_location=structure)],
             algorithm_id=_algorithm(result.model),
             measurements=_volume_measurements(label.volume_mm3, label.mean_attenuation_hu),
         )

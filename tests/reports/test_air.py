@@ -250,3 +250,22 @@ def test_the_ohif_profile_is_a_deprecated_alias_of_standard(caplog: pytest.LogCa
     ]
     with pytest.raises(KeyError):
         profile_named("fancy")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_outlines_enclose_every_pixel_of_a_mask_and_no_far_one(seed: int) -> None:
+    """Random blobs, single pixels and border-touching regions: each pixel centre is inside an outline."""
+    from dicom_node.reports.groups import plane_outlines
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(rng.random((40, 40)) > 0.55) | (rng.random((40, 40)) > 0.985)
+    mask[0, : seed + 1] = True  # a region on the border
+    rows, cols = np.mgrid[0:40, 0:40]
+    centres = np.stack([cols.ravel() + 0.5, rows.ravel() + 0.5], axis=1)
+    inside = np.zeros(len(centres), dtype=bool)
+    for polygon in plane_outlines(mask):
+        assert np.array_equal(polygon[0], polygon[-1]) and len(polygon) >= 4  # closed
+        inside ^= measure.points_in_poly(centres, polygon)  # even-odd: holes are outlined too
+    inside = inside.reshape(mask.shape)
+    assert inside[mask].all()
+    assert not inside[~ndimage.binary_dilation(mask)].any()

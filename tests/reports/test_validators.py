@@ -122,8 +122,8 @@ def test_pixelmed_reports_no_error_and_only_documented_warnings(
     failures = []
     for key, path in distinct.values():
         report = reports[path]
-        if PIXELMED_LABELMAP_GAP in report and "/labelmap/SEG" in key:
-            continue
+        if PIXELMED_LABELMAP_GAP in report and ("/labelmap/SEG" in key or key.endswith("/OT")):
+            continue  # PixelMed 2022 knows neither IOD: a validator gap (tools.PIXELMED_LABELMAP_GAP)
         assert "IOD (SOP Class) unrecognized" not in report, f"{key}: PixelMed does not know it\n{report}"
         errors, warnings = pixelmed_findings(report)
         unexplained = [w for w in warnings if not w.endswith(ACCEPTED_PIXELMED_WARNINGS)]

@@ -100,8 +100,10 @@ def pixelmed_reports(paths: list[Path], *, timeout: float = 1500) -> dict[Path, 
     return reports
 
 
-# PixelMed 2022 (Debian's) predates the Label Map Segmentation IOD as dicom3tools does (above): it says
-# only this of a LABELMAP SEG, which is no error of ours, and validates nothing else of it.
+# PixelMed 2022 (Debian's) predates the Label Map Segmentation IOD as dicom3tools does (above), and its
+# DicomInstanceValidator has no description of the Secondary Capture Image IOD (of our objects it
+# describes only the Segmentation IOD): it says only this of a LABELMAP SEG or a companion image, which
+# is no error of ours, and validates nothing else of them (dciodvfy does).
 PIXELMED_LABELMAP_GAP = "IOD (SOP Class) unrecognized"
 
 
