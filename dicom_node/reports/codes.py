@@ -102,10 +102,14 @@ PIXEL_DATA_ROWS = _cc(codes.DCM.PixelDataRows)  # DCM 110910
 PIXEL_DATA_COLUMNS = _cc(codes.DCM.PixelDataColumns)  # DCM 110911
 PIXELS = hd.sr.CodedConcept(value="{pixels}", scheme_designator="UCUM", meaning="Pixels")
 IMAGE_REGION = _cc(codes.DCM.ImageRegion)  # DCM 111030
-# Counts of the summary group of an SR that found nothing to outline (PS3.16 has no such concepts).
-NODULES_DETECTED = private_code("NODCOUNT", "Nodules detected")
+# The summary group of an SR that has nothing to outline (PS3.16 has no such concepts): its NUM's name
+# says the result, its value counts what was looked at, never 0 (OHIF prints a 0 as nothing).
+NO_NODULE_DETECTED = private_code("NONODULE", "No nodule detected; images analysed")
+NOTHING_SEGMENTED = private_code("NOSEGMNT", "Nothing segmented; images analysed")
+NO_FINDING_ABOVE_THRESHOLD = private_code("NOPOSFND", "No finding above threshold; findings evaluated")
 FINDINGS_ABOVE_THRESHOLD = private_code("POSCOUNT", "Findings above threshold")
-SEGMENTS_FOUND = private_code("SEGCOUNT", "Structures segmented")
+IMAGES_UNIT = hd.sr.CodedConcept(value="{images}", scheme_designator="UCUM", meaning="images")
+FINDINGS_UNIT = hd.sr.CodedConcept(value="{findings}", scheme_designator="UCUM", meaning="findings")
 
 
 def modality_code(ds: pydicom.Dataset) -> hd.sr.CodedConcept:

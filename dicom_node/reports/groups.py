@@ -43,8 +43,9 @@ class Content:
     groups: list[Group] = field(default_factory=list)
     evaluations: list[hd.sr.CodeContentItem] = field(default_factory=list)
     evidence: list[pydicom.Dataset] = field(default_factory=list)
-    # What the summary group counts when there is no other group (e.g. "Nodules detected" = 0).
-    count: tuple[hd.sr.CodedConcept, int] | None = None
+    # What the summary group says when there is no other group: (concept, count, unit), the count never
+    # 0 (OHIF prints a 0 as nothing), e.g. ("No nodule detected; images analysed", 20, {images}).
+    count: tuple[hd.sr.CodedConcept, int, hd.sr.CodedConcept] | None = None
 
 
 def _rectangle(cx: float, cy: float, half_w: float, half_h: float) -> npt.NDArray[np.float64]:
@@ -94,7 +95,12 @@ def classification_content(result: ClassificationResult, index: SourceIndex, sop
         for finding in result.findings
     ]
     positives = sum(1 for finding in result.findings if finding.positive)
-    return Content(evaluations=evaluations, evidence=[image], count=(c.FINDINGS_ABOVE_THRESHOLD, positives))
+    count = (
+        (c.FINDINGS_ABOVE_THRESHOLD, positives, c.FINDINGS_UNIT)
+        if positives
+        else (c.NO_FINDING_ABOVE_THRESHOLD, len(result.findings), c.FINDINGS_UNIT)
+    )
+    return Content(evaluations=evaluations, evidence=[image], count=count)
 
 
 def nodule_content(result: NoduleDetectionResult, index: SourceIndex, sop_uid: str) -> Content:
@@ -131,7 +137,7 @@ def nodule_content(result: NoduleDetectionResult, index: SourceIndex, sop_uid: s
     if not result.nodules:
         out.evaluations.append(absent(c.NODULE))  # "no nodule detected"
     out.evidence = list(evidence.values())
-    out.count = (c.NODULES_DETECTED, len(result.nodules))
+    out.count = (c.NO_NODULE_DETECTED, len(result.source_images), c.IMAGES_UNIT)
     return out
 
 
@@ -175,7 +181,7 @@ def segmentation_content(
     """A TID 1411 group per segment: the SEG segment and the outline on the segment's central slice."""
     planes = [index.get(ref) for ref in result.source_images]
     labels = {label.value: label for label in present_labels(result)}
-    out = Content(evidence=list(planes), count=(c.SEGMENTS_FOUND, len(labels)))
+    out = Content(evidence=list(planes), count=(c.NOTHING_SEGMENTED, len(planes), c.IMAGES_UNIT))
     if not labels:
         out.evaluations.append(absent(c.VERTEBRA))
         return out
@@ -207,20 +213,23 @@ def segmentation_content(
 
 
 def summary_group(
-    count: tuple[hd.sr.CodedConcept, int], image: pydicom.Dataset, sop_uid: str, model: ModelInfo
+    count: tuple[hd.sr.CodedConcept, int, hd.sr.CodedConcept],
+    image: pydicom.Dataset,
+    sop_uid: str,
+    model: ModelInfo,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """The one group of an SR that has no other: a count (0 nodules, 0 findings) at a POINT.
+    """The one group of an SR that has no other: what was found, as a count, at a POINT.
 
     OHIF 3.13 throws on an SR without any measurement (its SR viewport jumps to the first one), so an
     SR that found nothing still holds one drawable group: TID 1501 on the analysed image, its source a
     POINT in the image's top-left corner (row 10c, not a region: it outlines nothing), labelled with
     the count. The explicit negative is the document-level "<finding>: Absent".
     """
-    name, value = count
+    name, value, unit = count
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking_identifier(sop_uid, "summary"),
         algorithm_id=_algorithm(model),
-        measurements=[_unitless(name, value)],
+        measurements=[hd.sr.Measurement(name=name, value=float(value), unit=unit)],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
     )
     point = hd.sr.ScoordContentItem(
