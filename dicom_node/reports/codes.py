@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 import highdicom as hd
+import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 
@@ -82,10 +83,43 @@ CUBIC_MILLIMETER = _cc(codes.UCUM.CubicMillimeter)
 HOUNSFIELD_UNIT = _cc(codes.UCUM.HounsfieldUnit)
 NO_UNITS = _cc(codes.UCUM.NoUnits)  # UCUM "1": probabilities and confidences in [0, 1]
 
-# --- procedures reported (CID 100 where it has one) -----------------------------------------------------
-PROCEDURE_CHEST_IMAGING = _cc(codes.SCT.ChestImaging)  # SCT 413815006
-PROCEDURE_CT_CHEST = hd.sr.CodedConcept(value="24627-2", scheme_designator="LN", meaning="CT Chest")
-PROCEDURE_CT = _cc(codes.LN.CTUnspecifiedBodyRegion)  # LN 25045-6
+# --- IHE AIR: procedures reported (CID 100 as PixelMed's validator has it, 2019), what they looked at ---
+cc = _cc  # public, for the AIR module
+PROCEDURE_CT = _cc(codes.LN.CTUnspecifiedBodyRegion)  # LN 25045-6 "CT unspecified body region"
+PROCEDURE_IMAGING = _cc(codes.SCT.ImagingProcedure)  # SCT 363679005 "Imaging procedure"
+TARGET_REGION = _cc(codes.DCM.TargetRegion)  # DCM 123014, a TID 1602 Image Library descriptor
+# SCT 51185008 "Chest": CID 4031 as PixelMed has it (2019) knows this code, not its successor 816094009.
+CHEST = hd.sr.CodedConcept(value="51185008", scheme_designator="SCT", meaning="Chest")
+SPINE = _cc(codes.SCT.Spine)  # SCT 421060004 (CID 4031)
+# Series Description Code Sequence of every result series: what made it (CID 7162 Algorithm Family).
+RESULT_SERIES = _cc(codes.cid7162.ArtificialIntelligence)  # DCM 123110
+# TID 1600/1601/1602: the Image Library and the descriptors of its entries.
+IMAGE_LIBRARY = _cc(codes.DCM.ImageLibrary)  # DCM 111028
+IMAGE_LIBRARY_GROUP = _cc(codes.DCM.ImageLibraryGroup)  # DCM 126200
+SOURCE = _cc(codes.SCT.Source)  # SCT 260753009
+MODALITY = _cc(codes.DCM.Modality)  # DCM 121139
+PIXEL_DATA_ROWS = _cc(codes.DCM.PixelDataRows)  # DCM 110910
+PIXEL_DATA_COLUMNS = _cc(codes.DCM.PixelDataColumns)  # DCM 110911
+PIXELS = hd.sr.CodedConcept(value="{pixels}", scheme_designator="UCUM", meaning="Pixels")
+IMAGE_REGION = _cc(codes.DCM.ImageRegion)  # DCM 111030
+# The summary group of an SR that has nothing to outline (PS3.16 has no such concepts): its NUM's name
+# says the result, its value counts what was looked at, never 0 (OHIF prints a 0 as nothing).
+NO_NODULE_DETECTED = private_code("NONODULE", "No nodule detected; images analysed")
+NOTHING_SEGMENTED = private_code("NOSEGMNT", "Nothing segmented; images analysed")
+NO_FINDING_ABOVE_THRESHOLD = private_code("NOPOSFND", "No finding above threshold; findings evaluated")
+FINDINGS_ABOVE_THRESHOLD = private_code("POSCOUNT", "Findings above threshold")
+IMAGES_UNIT = hd.sr.CodedConcept(value="{images}", scheme_designator="UCUM", meaning="images")
+FINDINGS_UNIT = hd.sr.CodedConcept(value="{findings}", scheme_designator="UCUM", meaning="findings")
+
+
+def modality_code(ds: pydicom.Dataset) -> hd.sr.CodedConcept:
+    """The CID 29 code of an image's Modality (highdicom's Image Library guesses it from the SOP Class)."""
+    for keyword in dir(codes.cid29):
+        code = getattr(codes.cid29, keyword)
+        if code.value == ds.get("Modality") and code.scheme_designator == "DCM":
+            return _cc(code)
+    raise ValueError(f"Modality {ds.get('Modality')!r} is not in CID 29.")
+
 
 # --- image-level findings of the chest radiograph classifier (TorchXRayVision "all" labels) ------------
 CLASSIFICATION_FINDINGS: dict[str, hd.sr.CodedConcept] = {

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipelines.findings import ClassificationResult, Findings, NoduleDetectionResult
 
+from .air import add_algorithm_equipment
 from .naming import UNTRAINED_NOTICE, default_pipeline, series_description
 from .sources import SliceGeometry, SourceIndex, copy_study_attributes
 from .uids import ResultBasis, ResultKind, result_identity, settle
@@ -160,6 +161,7 @@ def write_companion(
     if "Laterality" not in sc:
         sc.Laterality = ""  # Type 2C (paired body parts): present and empty, laterality is unknown here
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    add_algorithm_equipment(sc, result.model)
     copy_study_attributes(sc, image)
     settle(sc, basis)
     return sc

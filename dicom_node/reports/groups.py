@@ -1,33 +1,34 @@
-"""Measurement groups of our TID 1500 SRs, one builder per result type (the layouts in sr.py).
+"""Measurement groups of our TID 1500 SRs, one builder per result type (the layout in sr.py).
 
-Each builder returns the groups and the evidence (source instances, and the SEG a volumetric group
-references). Scores are coded for what they are (``codes.score_code``), never as probabilities when
-they are calibrated scores.
+Each builder returns the groups, the document-level qualitative evaluations (TID 1500 row 13: image-level
+findings and explicit negatives, outside any group because OHIF blanks an SR with a group it cannot
+draw) and the evidence (source instances, and the SEG a volumetric group references). Every group has
+an image region. Scores are coded for what they are (``codes.score_code``), never as probabilities
+when they are calibrated scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 import pydicom
+from skimage import measure
 
 from pipelines.findings import (
     ClassificationResult,
-    ImageReference,
     ModelInfo,
     NoduleDetectionResult,
     SegmentationResult,
 )
 
 from . import codes as c
-from .frames import group_sources, plane_geometry, region_source, unique_instances
-from .profile import ReportProfile
+from .air import absent, evaluation, score_item, tracking_identifier
+from .frames import plane_geometry, region_source, unique_instances
 from .seg import label_value_from_tracking_id, present_labels
 from .sources import SourceIndex
-from .uids import derive_uid
 
 Group = (
     hd.sr.MeasurementsAndQualitativeEvaluations
@@ -35,8 +36,17 @@ Group = (
     | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
 )
 
-# A whole-image region is drawn this fraction of the image inside the border, so that viewers show it.
-WHOLE_IMAGE_INSET = 0.02
+
+@dataclass
+class Content:
+    """What one result puts in its SR: groups, document-level evaluations, evidence."""
+
+    groups: list[Group] = field(default_factory=list)
+    evaluations: list[hd.sr.CodeContentItem] = field(default_factory=list)
+    evidence: list[pydicom.Dataset] = field(default_factory=list)
+    # What the summary group says when there is no other group: (concept, count, unit), the count never
+    # 0 (OHIF prints a 0 as nothing), e.g. ("No nodule detected; images analysed", 20, {images}).
+    count: tuple[hd.sr.CodedConcept, int, hd.sr.CodedConcept] | None = None
 
 
 def _rectangle(cx: float, cy: float, half_w: float, half_h: float) -> npt.NDArray[np.float64]:
@@ -54,104 +64,51 @@ def _rectangle(cx: float, cy: float, half_w: float, half_h: float) -> npt.NDArra
 
 def _region(
     graphic: npt.NDArray[np.float64], image: pydicom.Dataset, frame: int | None = None
-) -> tuple[hd.sr.ImageRegion, hd.sr.CoordinatesForMeasurement]:
-    """The same rectangle as a group-level image region and as the coordinates of a measurement, on
-    ``image`` (on its frame ``frame`` for a multi-frame image)."""
-    region = hd.sr.ImageRegion(
+) -> hd.sr.ImageRegion:
+    """A closed POLYLINE on ``image`` (on its frame ``frame`` for a multi-frame image)."""
+    return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=graphic,
         source_image=region_source(image, frame),
     )
-    coordinates = hd.sr.CoordinatesForMeasurement(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=graphic,
-        source_image=region_source(image, frame),
-    )
-    return region, coordinates
 
 
 def _algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
-    return hd.sr.AlgorithmIdentification(
-        name=model.name, version=model.version, manufacturer=model.manufacturer
-    )
-
-
-def _tracking(identity_uid: str, identifier: str) -> hd.sr.TrackingIdentifier:
-    return hd.sr.TrackingIdentifier(identifier=identifier[:64], uid=derive_uid(identity_uid, identifier))
+    # Name and version only: TID 4019 as PixelMed validates it has no Algorithm Manufacturer row, and the
+    # manufacturer is in the Contributing Equipment Sequence (air.algorithm_equipment).
+    return hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
 
 
 def _unitless(name: hd.sr.CodedConcept, value: float) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=name, value=float(value), unit=c.NO_UNITS)
 
 
-def _nest_under_first_num(
-    group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations, coordinates: hd.sr.CoordinatesForMeasurement
-) -> None:
-    """Repeat the group's region under its first NUM (INFERRED FROM), where OHIF looks for it.
+def classification_content(result: ClassificationResult, index: SourceIndex, sop_uid: str) -> Content:
+    """Every finding as "<finding>: Present/Absent", inferred from its score and threshold (row 13).
 
-    TID 300 allows a NUM to be INFERRED FROM a SCOORD; highdicom refuses it inside TID 1410 groups, so
-    the OHIF layout adds it after the group is built. The group-level region stays the ROI.
+    No group: an image-level finding has no region to draw (a CAM polygon group may add one).
     """
-    for item in group[0].ContentSequence:
-        if item.ValueType == "NUM":
-            if "ContentSequence" in item:
-                item.ContentSequence.append(coordinates)
-            else:
-                item.ContentSequence = [coordinates]
-            return
-    raise ValueError("The group has no NUM to nest its region under.")
-
-
-def classification_groups(
-    result: ClassificationResult, index: SourceIndex, profile: ReportProfile, sop_uid: str
-) -> tuple[list[Group], list[pydicom.Dataset]]:
     image = index.get(result.source)
     score = c.score_code(result.score_kind)
-    groups: list[Group] = []
-    for finding in result.findings:
-        code = c.classification_code(finding.label)
-        evaluation = hd.sr.QualitativeEvaluation(name=code, value=c.PRESENT if finding.positive else c.ABSENT)
-        tracking = _tracking(sop_uid, f"{finding.label}")
-        if profile.ohif_compatible:
-            rows, cols = int(image.Rows), int(image.Columns)
-            rect = _rectangle(
-                cols / 2, rows / 2, cols * (0.5 - WHOLE_IMAGE_INSET), rows * (0.5 - WHOLE_IMAGE_INSET)
-            )
-            region, coords = _region(rect, image)
-            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking,
-                referenced_region=region,
-                finding_type=code,
-                algorithm_id=_algorithm(result.model),
-                qualitative_evaluations=[evaluation],
-                measurements=[
-                    _unitless(score, finding.score),
-                    _unitless(c.THRESHOLD_VALUE, finding.threshold),
-                ],
-            )
-            _nest_under_first_num(group, coords)
-            groups.append(group)
-        else:
-            groups.append(
-                hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=tracking,
-                    finding_type=code,
-                    algorithm_id=_algorithm(result.model),
-                    qualitative_evaluations=[evaluation],
-                    measurements=[
-                        _unitless(score, finding.score),
-                        _unitless(c.THRESHOLD_VALUE, finding.threshold),
-                    ],
-                    source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
-                )
-            )
-    return groups, [image]
+    evaluations = [
+        evaluation(
+            c.classification_code(finding.label),
+            finding.positive,
+            [score_item(score, finding.score), score_item(c.THRESHOLD_VALUE, finding.threshold)],
+        )
+        for finding in result.findings
+    ]
+    positives = sum(1 for finding in result.findings if finding.positive)
+    count = (
+        (c.FINDINGS_ABOVE_THRESHOLD, positives, c.FINDINGS_UNIT)
+        if positives
+        else (c.NO_FINDING_ABOVE_THRESHOLD, len(result.findings), c.FINDINGS_UNIT)
+    )
+    return Content(evaluations=evaluations, evidence=[image], count=count)
 
 
-def nodule_groups(
-    result: NoduleDetectionResult, index: SourceIndex, profile: ReportProfile, sop_uid: str
-) -> tuple[list[Group], list[pydicom.Dataset]]:
-    groups: list[Group] = []
+def nodule_content(result: NoduleDetectionResult, index: SourceIndex, sop_uid: str) -> Content:
+    out = Content()
     evidence = {ref.sop_instance_uid: index.get(ref) for ref in result.source_images}
     for number, nodule in enumerate(result.nodules, start=1):
         image = index.get(nodule.source_slice)
@@ -166,152 +123,158 @@ def nodule_groups(
             max(width, 1.0) / 2,
             max(height, 1.0) / 2,
         )
-        region, coords = _region(rect, image, nodule.source_slice.frame_number)
         measurements = [
             hd.sr.Measurement(name=c.LONG_AXIS, value=float(nodule.long_axis_mm), unit=c.MILLIMETER),
             hd.sr.Measurement(name=c.VOLUME, value=float(nodule.volume_mm3), unit=c.CUBIC_MILLIMETER),
             _unitless(c.CERTAINTY_OF_FINDING, nodule.confidence),
         ]
-        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(sop_uid, f"nodule {number}"),
-            referenced_region=region,
-            finding_type=c.NODULE,
-            finding_sites=[hd.sr.FindingSite(anatomic_location=c.LUNG)],
-            algorithm_id=_algorithm(result.model),
-            measurements=measurements,
-        )
-        if profile.ohif_compatible:
-            _nest_under_first_num(group, coords)
-        groups.append(group)
-    if not groups:
-        images = [index.get(ref) for ref in result.source_images]
-        groups.append(
-            _nothing_found_group(
-                result.model, images, c.NODULE, c.LUNG, profile, sop_uid, result.source_images
+        out.groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking_identifier(sop_uid, f"nodule {number}"),
+                referenced_region=_region(rect, image, nodule.source_slice.frame_number),
+                finding_type=c.NODULE,
+                finding_sites=[hd.sr.FindingSite(anatomic_location=c.LUNG)],
+                algorithm_id=_algorithm(result.model),
+                measurements=measurements,
             )
         )
-    return groups, list(evidence.values())
+    if not result.nodules:
+        out.evaluations.append(absent(c.NODULE))  # "no nodule detected"
+    out.evidence = list(evidence.values())
+    out.count = (c.NO_NODULE_DETECTED, len(result.source_images), c.IMAGES_UNIT)
+    return out
 
 
-def _nothing_found_group(
-    model: ModelInfo,
-    images: list[pydicom.Dataset],
-    finding: hd.sr.CodedConcept,
-    site: hd.sr.CodedConcept | None,
-    profile: ReportProfile,
-    sop_uid: str,
-    references: Sequence[ImageReference],
-) -> hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """An "<finding>: Absent" group for a series analysed with no result (TID 1500 needs one group).
+def plane_outlines(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
+    """The closed outlines (SCOORD image coordinates) of the regions of a 2D mask, largest first.
 
-    Standard layout: an image-level group on the series' images. OHIF layout: the same evaluation on
-    the middle slice's whole image, because OHIF cannot draw a group without an image region.
+    The iso-0.5 contour of the mask (skimage marching squares) runs half a pixel outside the boundary
+    pixels' centres, i.e. along their outer edges; the mask is padded so that regions at the border
+    close. Holes are outlined too (a viewer draws them as lines); points within 0.25 pixel of a straight
+    line are dropped.
     """
-    evaluation = hd.sr.QualitativeEvaluation(name=finding, value=c.ABSENT)
-    tracking = _tracking(sop_uid, f"no {finding.meaning}".lower())
-    sites = [hd.sr.FindingSite(anatomic_location=site)] if site is not None else None
-    if profile.ohif_compatible:
-        middle = len(images) // 2
-        image = images[middle]
-        rows, cols = int(image.Rows), int(image.Columns)
-        rect = _rectangle(
-            cols / 2, rows / 2, cols * (0.5 - WHOLE_IMAGE_INSET), rows * (0.5 - WHOLE_IMAGE_INSET)
-        )
-        region, _ = _region(rect, image, references[middle].frame_number)
-        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_region=region,
-            finding_type=finding,
-            finding_sites=sites,
-            algorithm_id=_algorithm(model),
-            qualitative_evaluations=[evaluation],
-        )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        finding_type=finding,
-        finding_sites=sites,
-        algorithm_id=_algorithm(model),
-        qualitative_evaluations=[evaluation],
-        source_images=group_sources(references, images),
-    )
+    contours = measure.find_contours(np.pad(mask.astype(np.float64), 1), 0.5)  # type: ignore[no-untyped-call]
+    if not contours:
+        raise ValueError("The mask is empty: it has no outline.")
+    out = []
+    for contour in sorted(contours, key=len, reverse=True):
+        simplified = measure.approximate_polygon(contour, tolerance=0.25)  # type: ignore[no-untyped-call]
+        if len(simplified) < 4:  # a region of one or two pixels: keep its diamond as it is
+            simplified = contour
+        rows, cols = simplified[:, 0] - 1, simplified[:, 1] - 1
+        points = np.stack([cols + 0.5, rows + 0.5], axis=1)
+        if not np.array_equal(points[0], points[-1]):
+            points = np.vstack([points, points[:1]])
+        if len(points) >= 4:  # a closed polygon of at least three corners
+            out.append(points)
+    return out
 
 
-def segmentation_groups(
+def central_plane(mask: npt.NDArray[np.bool_]) -> int:
+    """The index of the middle plane among those a 3D mask occupies."""
+    planes = np.flatnonzero(mask.any(axis=(1, 2)))
+    return int(planes[len(planes) // 2])
+
+
+def segmentation_content(
     result: SegmentationResult,
     index: SourceIndex,
-    profile: ReportProfile,
     sop_uid: str,
     segmentation: hd.seg.Segmentation | None,
-) -> tuple[list[Group], list[pydicom.Dataset]]:
+) -> Content:
+    """A TID 1411 group per segment: the SEG segment and the outline on the segment's central slice."""
     planes = [index.get(ref) for ref in result.source_images]
     labels = {label.value: label for label in present_labels(result)}
-    groups: list[Group] = []
-    evidence: list[pydicom.Dataset] = unique_instances(planes)
-    if profile.ohif_compatible:
-        # A planar ROI per label on the slice where it is largest: its bounding box there, carrying the
-        # volumetric measurements. OHIF can draw it; a segment reference alone it cannot.
-        for index_, label in enumerate(labels.values()):
-            mask = result.label_map == label.value
-            k = int(np.argmax(mask.sum(axis=(1, 2))))
-            rows, cols = np.nonzero(mask[k])
-            rect = _rectangle(
-                (cols.min() + cols.max() + 1) / 2,
-                (rows.min() + rows.max() + 1) / 2,
-                (cols.max() - cols.min() + 1) / 2,
-                (rows.max() - rows.min() + 1) / 2,
-            )
-            region, coords = _region(rect, planes[k], result.source_images[k].frame_number)
-            coding = c.segment_coding(label.name, index_)
-            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(sop_uid, f"label {label.value}: {label.name}"),
-                referenced_region=region,
-                finding_type=coding.property_type,
-                algorithm_id=_algorithm(result.model),
-                measurements=_volume_measurements(label.volume_mm3, label.mean_attenuation_hu),
-            )
-            _nest_under_first_num(group, coords)
-            groups.append(group)
-        if not groups:
-            groups.append(
-                _nothing_found_group(
-                    result.model, planes, c.VERTEBRA, None, profile, sop_uid, result.source_images
-                )
-            )
-        return groups, evidence
+    out = Content(evidence=unique_instances(planes), count=(c.NOTHING_SEGMENTED, len(planes), c.IMAGES_UNIT))
     if not labels:
-        groups.append(
-            _nothing_found_group(
-                result.model, planes, c.VERTEBRA, None, profile, sop_uid, result.source_images
-            )
-        )
-        return groups, evidence
+        out.evaluations.append(absent(c.VERTEBRA))
+        return out
     if segmentation is None:
         raise ValueError("A report of a segmentation needs the SEG it refers to (argument segmentation).")
-    evidence.append(segmentation)
+    out.evidence.append(segmentation)
     for description in segmentation.SegmentSequence:
         if int(description.SegmentNumber) == 0:
             continue  # the background segment of a LABELMAP SEG
         value = label_value_from_tracking_id(str(description.TrackingID))
         label = labels[value]
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    identifier=str(description.TrackingID), uid=str(description.TrackingUID)
-                ),
-                referenced_segment=hd.sr.ReferencedSegment(
-                    sop_class_uid=str(segmentation.SOPClassUID),
-                    sop_instance_uid=str(segmentation.SOPInstanceUID),
-                    segment_number=int(description.SegmentNumber),
-                    source_series=hd.sr.SourceSeriesForSegmentation(result.series_instance_uid),
-                ),
-                finding_type=hd.sr.CodedConcept.from_dataset(
-                    description.SegmentedPropertyTypeCodeSequence[0]
-                ),
-                algorithm_id=_algorithm(result.model),
-                measurements=_volume_measurements(label.volume_mm3, label.mean_attenuation_hu),
-            )
+        mask = result.label_map == value
+        structure = hd.sr.CodedConcept.from_dataset(description.SegmentedPropertyTypeCodeSequence[0])
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            # The SEG segment's own Tracking Identifier and UID: the group and the segment are one object.
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                identifier=str(description.TrackingID), uid=str(description.TrackingUID)
+            ),
+            referenced_regions=outlines(mask, planes, [ref.frame_number for ref in result.source_images]),
+            finding_type=structure,
+            # The structure itself as the finding site: what OHIF prints under the outline (e.g. "T12
+            # vertebra"), which a finding site Spine would not tell apart.
+            finding_sites=[hd.sr.FindingSite(anatomic_location=structure)],
+            algorithm_id=_algorithm(result.model),
+            measurements=_volume_measurements(label.volume_mm3, label.mean_attenuation_hu),
         )
-    return groups, evidence
+        out.groups.append(group)
+    return out
+
+
+def summary_group(
+    count: tuple[hd.sr.CodedConcept, int, hd.sr.CodedConcept],
+    image: pydicom.Dataset,
+    sop_uid: str,
+    model: ModelInfo,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The one group of an SR that has no other: what was found, as a count, at a POINT.
+
+    OHIF 3.13 throws on an SR without any measurement (its SR viewport jumps to the first one), so an
+    SR that found nothing still holds one drawable group: TID 1501 on the analysed image, its source a
+    POINT in the image's top-left corner (row 10c, not a region: it outlines nothing), labelled with
+    the count. The explicit negative is the document-level "<finding>: Absent".
+    """
+    name, value, unit = count
+    frames = int(image.get("NumberOfFrames", 1) or 1)
+    frame = (frames + 1) // 2 if "NumberOfFrames" in image else None  # a multi-frame image: its middle frame
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking_identifier(sop_uid, "summary"),
+        algorithm_id=_algorithm(model),
+        measurements=[hd.sr.Measurement(name=name, value=float(value), unit=unit)],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=str(image.SOPClassUID),
+                referenced_sop_instance_uid=str(image.SOPInstanceUID),
+                referenced_frame_numbers=None if frame is None else [frame],
+            )
+        ],
+    )
+    point = hd.sr.ScoordContentItem(
+        name=c.IMAGE_REGION,
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.array([[0.05 * int(image.Columns), 0.05 * int(image.Rows)]]),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    point.ContentSequence = hd.sr.ContentSequence([region_source(image, frame)])
+    items = group[0].ContentSequence
+    at = next(i for i, item in enumerate(items) if item.ValueType == "IMAGE")
+    # The SCOORD, SELECTED FROM the image, is the group's source (row 10c/10d) instead of the IMAGE.
+    items.pop(at)
+    items.insert(at, point)
+    return group
+
+
+def outlines(
+    mask: npt.NDArray[np.bool_], planes: list[pydicom.Dataset], frames: list[int | None]
+) -> list[hd.sr.ImageRegion]:
+    """The segment's outlines on every plane it occupies, the central plane's first (what OHIF draws).
+
+    TID 1411 defines a volume either by a segment reference or by its planar regions, never both
+    (PixelMed: "Conditional content item present when condition not satisfied"); the regions are the
+    form every viewer can draw, and the group shares the SEG segment's Tracking UID.
+    """
+    central = central_plane(mask)
+    occupied = [int(k) for k in np.flatnonzero(mask.any(axis=(1, 2))) if k != central]
+    return [
+        _region(polygon, planes[k], frames[k])
+        for k in (central, *occupied)
+        for polygon in plane_outlines(mask[k])
+    ]
 
 
 def _volume_measurements(volume_mm3: float, mean_hu: float | None) -> list[hd.sr.Measurement]:

@@ -1,11 +1,13 @@
 """Per-destination choices of how results are encoded.
 
-The default profile is plain DICOM: a BINARY SEG, one TID 1500 SR per result, no companion image.
-``OHIF_PROFILE`` lays the same findings out the way OHIF 3.13 can display them (see docs/reports.md).
+The default profile is plain DICOM: a BINARY SEG, one TID 1500 SR per result, no companion image. The SR
+has one shape for every destination (docs/reports.md): the former ``ohif`` profile, whose SR differed,
+is an alias of ``standard`` now, accepted with a deprecation warning in the log.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -14,6 +16,8 @@ import highdicom as hd
 
 PRESENTATION_STATE_SUFFIX = "+presentation-state"
 """As ``dicom_node.config.PRESENTATION_STATE_SUFFIX`` (reports may not import config; a test checks)."""
+
+log = logging.getLogger(__name__)
 
 
 class CompanionType(StrEnum):
@@ -29,14 +33,12 @@ class ReportProfile:
 
     ``seg_type``: BINARY (read by most viewers) or LABELMAP (RLE-compressed, far smaller).
     ``companion``: add a secondary capture with the findings drawn, for viewers without SR support.
-    ``ohif_compatible``: split and lay out SRs so that OHIF 3.13 displays every one of them.
     ``presentation_state``: add a Grayscale Softcopy Presentation State with each SR's outlines and
     labels (reports/presentation.py), for viewers that draw no SR graphics.
     """
 
     seg_type: hd.seg.SegmentationTypeValues = hd.seg.SegmentationTypeValues.BINARY
     companion: CompanionType = CompanionType.NONE
-    ohif_compatible: bool = False
     presentation_state: bool = False
 
     def __post_init__(self) -> None:
@@ -51,15 +53,30 @@ class ReportProfile:
 
 
 DEFAULT_PROFILE = ReportProfile()
-OHIF_PROFILE = ReportProfile(ohif_compatible=True)
 LABELMAP_PROFILE = ReportProfile(seg_type=hd.seg.SegmentationTypeValues.LABELMAP)
+OHIF_PROFILE = DEFAULT_PROFILE
+"""Deprecated: the standard profile, whose SR OHIF 3.13 displays."""
+
+DEPRECATED_ALIASES: Mapping[str, str] = {"ohif": "standard"}
 
 PROFILES: Mapping[str, ReportProfile] = {
     "standard": DEFAULT_PROFILE,
-    "ohif": OHIF_PROFILE,
+    "ohif": DEFAULT_PROFILE,
     "labelmap": LABELMAP_PROFILE,
 }
 """The profiles a ``[[destinations]]`` entry may name (``dicom_node.config.REPORT_PROFILES`` lists them)."""
+
+
+def profile_named(name: str) -> ReportProfile:
+    """The profile called ``name``; a deprecated alias logs a warning. ``KeyError`` for unknown names."""
+    chosen = PROFILES[name]
+    if name in DEPRECATED_ALIASES:
+        log.warning(
+            'report profile "%s" is deprecated: it is the "%s" profile now (one SR shape that OHIF displays)',
+            name,
+            DEPRECATED_ALIASES[name],
+        )
+    return chosen
 
 
 def resolve_profile(name: str) -> ReportProfile:
@@ -71,5 +88,5 @@ def resolve_profile(name: str) -> ReportProfile:
     base, plus, rest = name.partition("+")
     if plus and "+" + rest != PRESENTATION_STATE_SUFFIX:
         raise KeyError(name)
-    profile = PROFILES[base]
+    profile = profile_named(base)
     return replace(profile, presentation_state=True) if plus else profile

@@ -60,6 +60,7 @@ class ReadVolume:
     mean_attenuation_hu: float | None
     segment_number: int | None
     segmentation_sop_instance_uid: str | None
+    tracking_uid: str = ""
 
 
 def _report(sr: pydicom.Dataset) -> hd.sr.Comprehensive3DSR:
@@ -94,54 +95,78 @@ def _groups(sr: pydicom.Dataset) -> list[Group]:
     ]
 
 
-def read_classification(sr: pydicom.Dataset) -> list[ReadFinding]:
-    """The classification findings of an SR (either layout), in document order."""
+def _evaluations_container(sr: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """The items of the document's Qualitative Evaluations container (TID 1500 row 12), if any."""
+    items: list[pydicom.Dataset] = []
+    for item in sr.ContentSequence:
+        if item.ValueType != "CONTAINER":
+            continue
+        name = item.ConceptNameCodeSequence[0]
+        if (name.CodeValue, name.CodingSchemeDesignator) == (
+            c.QUALITATIVE_EVALUATIONS.value,
+            c.QUALITATIVE_EVALUATIONS.scheme_designator,
+        ):
+            items += list(item.get("ContentSequence", []))
+    return items
+
+
+def read_evaluations(sr: pydicom.Dataset) -> list[tuple[hd.sr.CodedConcept, bool]]:
+    """The document-level "<finding>: Present/Absent" items, as (finding, present)."""
     out = []
-    report = _report(sr)
-    for group in _groups(sr):
-        code = _finding_type(group)
-        evaluations = group.get_qualitative_evaluations(name=code)
-        positive = evaluations[0].value == c.PRESENT
-        kind, score = _score(group)
+    for item in _evaluations_container(sr):
+        if item.ValueType == "CODE":
+            value = hd.sr.CodedConcept.from_dataset(item.ConceptCodeSequence[0])
+            out.append((hd.sr.CodedConcept.from_dataset(item.ConceptNameCodeSequence[0]), value == c.PRESENT))
+    return out
+
+
+def read_classification(sr: pydicom.Dataset) -> list[ReadFinding]:
+    """The classification findings of an SR (its Qualitative Evaluations), in document order."""
+    out = []
+    source = str(
+        sr.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+    )
+    for item in _evaluations_container(sr):
+        if item.ValueType != "CODE":
+            continue
+        code = hd.sr.CodedConcept.from_dataset(item.ConceptNameCodeSequence[0])
+        nums = {
+            (
+                n.ConceptNameCodeSequence[0].CodeValue,
+                n.ConceptNameCodeSequence[0].CodingSchemeDesignator,
+            ): float(n.MeasuredValueSequence[0].NumericValue)
+            for n in item.get("ContentSequence", [])
+            if n.ValueType == "NUM"
+        }
+        scores = [
+            (kind, value)
+            for (value_code, scheme), value in nums.items()
+            if (kind := c.score_kind_of(hd.sr.CodedConcept(value_code, scheme, "score"))) is not None
+        ]
+        if len(scores) != 1:
+            raise ValueError(f"Expected one score (probability or calibrated score), found {len(scores)}.")
+        threshold = nums.get((c.THRESHOLD_VALUE.value, c.THRESHOLD_VALUE.scheme_designator))
+        if threshold is None:
+            raise ValueError(f"The evaluation of {code.meaning} has no Threshold Value.")
         out.append(
             ReadFinding(
                 label=c.code_to_classification_label(code),
-                score=score,
-                score_kind=kind,
-                threshold=_value(group, c.THRESHOLD_VALUE),
-                positive=positive,
-                source_sop_instance_uid=_group_source(report, group),
+                score=scores[0][1],
+                score_kind=scores[0][0],
+                threshold=threshold,
+                positive=hd.sr.CodedConcept.from_dataset(item.ConceptCodeSequence[0]) == c.PRESENT,
+                source_sop_instance_uid=source,
             )
         )
     return out
 
 
-def _score(group: Group) -> tuple[ScoreKind, float]:
-    """The group's one score NUM: a probability or a calibrated score (docs/codes.md)."""
-    found = [
-        (kind, float(m.value))
-        for m in group.get_measurements()
-        if (kind := c.score_kind_of(m.name)) is not None
-    ]
-    if len(found) != 1:
-        raise ValueError(f"Expected one score (probability or calibrated score), found {len(found)}.")
-    return found[0]
-
-
 def read_notices(sr: pydicom.Dataset) -> list[str]:
     """The TEXT items of the document's Qualitative Evaluations container (the untrained notice)."""
-    notices = []
-    for item in sr.ContentSequence:
-        if item.ValueType != "CONTAINER":
-            continue
-        name = item.ConceptNameCodeSequence[0]
-        if (name.CodeValue, name.CodingSchemeDesignator) != (
-            c.QUALITATIVE_EVALUATIONS.value,
-            c.QUALITATIVE_EVALUATIONS.scheme_designator,
-        ):
-            continue
-        notices += [str(i.TextValue) for i in item.get("ContentSequence", []) if i.ValueType == "TEXT"]
-    return notices
+    return [str(i.TextValue) for i in _evaluations_container(sr) if i.ValueType == "TEXT"]
 
 
 def _group_source(report: hd.sr.Comprehensive3DSR, group: object) -> str:
@@ -202,6 +227,7 @@ def read_volumes(sr: pydicom.Dataset) -> list[ReadVolume]:
                 )
                 if segment is not None
                 else None,
+                tracking_uid=str(group.tracking_uid),
             )
         )
     return out

@@ -50,8 +50,8 @@ def write_results(
             built[key] = [write_segmentation(result, sources, profile, pipeline=pipeline, basis=basis)]
         segmentation = cast(hd.seg.Segmentation, built[key][0])
         objects.append(segmentation)
-    # The SR's content depends on the layout and on the SEG it references, nothing else of the profile.
-    key = ("sr", profile.ohif_compatible, None if segmentation is None else str(segmentation.SOPInstanceUID))
+    # The SR's content depends on the SEG it references, nothing else of the profile.
+    key = ("sr", None if segmentation is None else str(segmentation.SOPInstanceUID))
     if key not in built:
         built[key] = write_measurement_report(
             result, sources, profile, segmentation, pipeline=pipeline, basis=basis, predecessors=predecessors

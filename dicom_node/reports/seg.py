@@ -23,6 +23,8 @@ from pydicom.uid import RLELossless
 
 from pipelines.findings import SegmentationResult, SegmentLabel
 
+from . import codes as c
+from .air import add_algorithm_equipment, add_image_laterality, add_query_keys
 from .codes import ARTIFICIAL_INTELLIGENCE, private_scheme_declaration, segment_coding
 from .frames import on_source_frames
 from .naming import UNTRAINED_NOTICE, default_pipeline, marked, series_description
@@ -111,6 +113,9 @@ def write_segmentation(
     for number, label in enumerate(labels, start=1):
         coding = segment_coding(label.name, number - 1)
         uses_private = uses_private or coding.is_private
+        # The query keys an image manager indexes segments by: the region, and the structure itself
+        # (only vertebrae have a standard code; a private label names no anatomy we know).
+        vertebra = not coding.is_private
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
@@ -122,6 +127,8 @@ def write_segmentation(
                 tracking_uid=derive_uid(identity.series_instance_uid, "segment", str(label.value)),
                 tracking_id=segment_tracking_id(label),
                 display_color=coding.display_color,
+                anatomic_regions=[c.SPINE] if vertebra else None,
+                primary_anatomic_structures=[coding.property_type] if vertebra else None,
             )
         )
 
@@ -151,6 +158,9 @@ def write_segmentation(
     if result.model.untrained:
         for description in seg.SegmentSequence:
             description.SegmentDescription = UNTRAINED_NOTICE
+    add_algorithm_equipment(seg, result.model)
+    add_query_keys(seg, c.RESULT_SERIES)
+    add_image_laterality(seg, index.first)
     copy_study_attributes(seg, index.first)
     settle(seg, basis)
     return seg

@@ -49,7 +49,7 @@ class ResultKind(StrEnum):
     SEG = "seg"
     SEG_LABELMAP = "seg-labelmap"
     SR = "sr"
-    SR_OHIF = "sr-ohif"  # the OHIF profile's layout: other content, so another UID
+    SR_OHIF = "sr-ohif"  # the former OHIF layout (no longer written; kept so old rows still parse)
     COMPANION = "companion"
     PRESENTATION_STATE = "presentation-state"  # the GSPS of one SR (its SOP Instance UID the variant)
 

@@ -99,7 +99,8 @@ def test_two_profiles_get_one_seg_and_the_study_keeps_its_received_facts(
         assert len(segs) == 2 and len({uid for _, uid in segs}) == 1, segs  # one SEG object, at both
         assert dataset_bytes(segs[0][0]) == dataset_bytes(segs[1][0])
         srs = {uid for _, cls, uid in standard + ohif if cls == COMPREHENSIVE_3D_SR}
-        assert len(srs) == 2  # the standard and the OHIF layout are other contents: other UIDs
+        assert len(srs) == 1  # "ohif" is a deprecated alias of "standard": one SR shape, one object
+        assert 'report profile "ohif" is deprecated' in node.log("worker.log")
         # The SEG was stored once: no superseded copy, version 1, no "replaced" warning.
         store = node.data_dir / "store"
         assert not [p for p in store.rglob("*") if ".superseded" in p.parts and p.is_file()]
@@ -114,7 +115,7 @@ def test_two_profiles_get_one_seg_and_the_study_keeps_its_received_facts(
         assert study["modalities"] == ["CT"]
         assert (study["num_series"], study["num_instances"]) == (1, len(files))
         assert (study["state"], study["revision"]) == ("complete", 1)
-        assert len(study["series"]) == 4  # the CT, and the node's SEG and two SR series beside it
+        assert len(study["series"]) == 3  # the CT, and the node's SEG and SR series beside it
     finally:
         ohif_pacs.stop()
 

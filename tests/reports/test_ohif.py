@@ -1,4 +1,4 @@
-"""A real viewer: OHIF 3.13 (harness in $DICOM_NODE_OHIF) displays every SR and SEG of the OHIF profile."""
+"""A real viewer: OHIF 3.13 (harness in $DICOM_NODE_OHIF) displays every SR and SEG (one shape for all)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.reports import OHIF_PROFILE, write_results
+from dicom_node.reports import DEFAULT_PROFILE, write_results
 
 from .conftest import classification_result, nodule_result, vertebra_result
 from .data import CT_DIR, CXR, ct_series, cxr
@@ -24,7 +24,7 @@ def test_ohif_displays_every_sr_and_seg(tmp_path: Path, ohif_harness: Path, chro
         ("nodules", nodule_result(), list(ct_series())),
         ("vertebrae", vertebra_result(), list(ct_series())),
     ):
-        for i, ds in enumerate(write_results(result, sources, OHIF_PROFILE)):
+        for i, ds in enumerate(write_results(result, sources, DEFAULT_PROFILE)):
             ds.save_as(objects_dir / f"{case}-{i}-{ds.Modality}.dcm", enforce_file_format=True)
     out = tmp_path / "ohif"
     run = subprocess.run(
