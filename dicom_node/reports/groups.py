@@ -21,6 +21,7 @@ from pipelines.findings import (
 
 from . import codes as c
 from .profile import ReportProfile
+from .regions import region_group
 from .seg import label_value_from_tracking_id, present_labels
 from .sources import SliceGeometry, SourceIndex
 from .uids import derive_uid
@@ -104,6 +105,9 @@ def classification_groups(
     score = c.score_code(result.score_kind)
     groups: list[Group] = []
     for finding in result.findings:
+        if finding.positive and finding.region is not None:
+            groups.append(region_group(result, finding, image, sop_uid))  # its CAM outline (regions.py)
+            continue
         code = c.classification_code(finding.label)
         evaluation = hd.sr.QualitativeEvaluation(name=code, value=c.PRESENT if finding.positive else c.ABSENT)
         tracking = _tracking(sop_uid, f"{finding.label}")

@@ -51,6 +51,7 @@ class ResultKind(StrEnum):
     SR = "sr"
     SR_OHIF = "sr-ohif"  # the OHIF profile's layout: other content, so another UID
     COMPANION = "companion"
+    PARAMETRIC_MAP = "parametric-map"  # the CAMs of positive radiograph findings (parametric_map.py)
 
 
 # First series number of each pipeline's results; each kind adds its offset. Source series numbers from
@@ -65,6 +66,7 @@ KIND_SERIES_OFFSET: dict[ResultKind, int] = {
     ResultKind.SEG_LABELMAP: 1,
     ResultKind.SR: 2,
     ResultKind.SR_OHIF: 3,
+    ResultKind.PARAMETRIC_MAP: 4,
     ResultKind.COMPANION: 9,
 }
 
