@@ -149,9 +149,11 @@ def test_parametric_map_of_each_finding_peaks_inside_its_outline(written, plante
     for pm in pms:
         mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
         label = str(mapping.LUTLabel)
-        values = pm.pixel_array
-        assert values.shape == (int(source.Rows), int(source.Columns))
-        np.testing.assert_array_equal(values, activations[label])  # the map as computed, float32
+        stored = pm.pixel_array
+        assert stored.shape == (int(source.Rows), int(source.Columns))
+        slope, intercept = float(mapping.RealWorldValueSlope), float(mapping.RealWorldValueIntercept)
+        values = stored * slope + intercept  # the Real World Value Mapping gives back the map computed
+        np.testing.assert_allclose(values, activations[label], rtol=0, atol=slope / 2 + 1e-6)
         row, col = np.unravel_index(int(np.argmax(values)), values.shape)
         assert point_in_polygon(tuple(map(tuple, outlines[label])), col + 0.5, row + 0.5)
         derivation = pm.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
