@@ -10,6 +10,7 @@ from models.txrv_densenet import XrvDenseNet121
 from pipelines.cam import (
     MAX_POLYGON_POINTS,
     CropGeometry,
+    FeatureClassifier,
     activation_region,
     features_logits_and_cams,
     point_in_polygon,
@@ -76,6 +77,9 @@ def test_a_feature_cell_maps_back_to_its_centre():
 def test_cams_and_logits_come_from_one_pass_and_agree_with_the_network():
     torch.manual_seed(1)
     net = XrvDenseNet121().eval()
+    # The installed network gets CAMs in the pipeline; a plain callable (a test oracle) does not.
+    assert isinstance(net, FeatureClassifier)
+    assert not isinstance(lambda x: x, FeatureClassifier)
     x = torch.randn(1, 1, 224, 224) * 500
     with torch.no_grad():
         logits, cams = features_logits_and_cams(net, x)
