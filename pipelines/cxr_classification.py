@@ -8,6 +8,10 @@ range) — reimplemented on SciPy, which skimage itself calls. Output: sigmoid t
 label's operating threshold lands on 0.5 (the library's default output). That output is a calibrated
 score (``ScoreKind.CALIBRATED``, threshold 0.5), not a probability, and is reported as such.
 
+Each positive finding also gets its class activation map on the source grid and the outline of the
+region that drives it (``pipelines.cam``), when the classifier is a DenseNet with a feature layer (the
+installed network always is; plain callables, such as test oracles, give findings without a place).
+
 One deliberate difference from ``xrv.utils.read_xray_dcm``: when the DICOM image has a VOI LUT or
 window, it is applied (the training images were mostly display-windowed JPEG/PNG exports);
 ``read_xray_dcm`` ignores it by default. Lateral views are refused, and so are images whose view is
@@ -26,6 +30,7 @@ import torch
 from scipy import ndimage
 
 from pipelines.base import StageTimer
+from pipelines.cam import CropGeometry, FeatureClassifier, activation_region, features_logits_and_cams
 from pipelines.compute import Compute
 from pipelines.errors import PipelineInputError
 from pipelines.findings import (
@@ -85,6 +90,14 @@ def txrv_input(radiograph: Radiograph) -> torch.Tensor:
     return torch.from_numpy(resized)[None, None]
 
 
+@dataclass(frozen=True)
+class Inference:
+    """The logits of one image (labels,) and, for a DenseNet, each label's CAM (labels, h, w)."""
+
+    logits: torch.Tensor
+    cams: torch.Tensor | None = None
+
+
 def op_norm(probabilities: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """TorchXRayVision's calibration (see ``models.txrv_densenet.op_norm``)."""
     from models.txrv_densenet import op_norm as _op_norm
@@ -122,22 +135,38 @@ class CxrClassificationPipeline:
     def preprocess(self, radiograph: Radiograph) -> torch.Tensor:
         return txrv_input(radiograph)
 
-    def infer(self, image: torch.Tensor) -> torch.Tensor:
+    def infer(self, image: torch.Tensor) -> Inference:
         with self.compute.autocast():
-            logits = self.classifier(image.to(self.compute.device))
-        return logits.float().cpu()[0]
+            x = image.to(self.compute.device)
+            if isinstance(self.classifier, FeatureClassifier):
+                logits, cams = features_logits_and_cams(self.classifier, x)
+                return Inference(logits.float().cpu()[0], cams.float().cpu()[0])
+            logits = self.classifier(x)
+        return Inference(logits.float().cpu()[0])
 
-    def postprocess(self, radiograph: Radiograph, logits: torch.Tensor) -> ClassificationResult:
+    def postprocess(self, radiograph: Radiograph, inference: Inference) -> ClassificationResult:
+        logits = inference.logits
         calibrated = op_norm(torch.sigmoid(logits), torch.tensor(self.op_thresholds, dtype=torch.float32))
+        rows, columns = radiograph.pixels.shape
+        geometry = CropGeometry(rows, columns, INPUT_SIZE)
+        findings = []
         # op_norm puts each label's operating threshold at 0.5: a calibrated score, not a probability.
-        findings = tuple(
-            ClassificationFinding(label=label, score=float(np.clip(p, 0.0, 1.0)), threshold=0.5)
-            for label, p in zip(self.labels, calibrated.tolist(), strict=True)
-        )
+        for k, (label, p) in enumerate(zip(self.labels, calibrated.tolist(), strict=True)):
+            finding = ClassificationFinding(label=label, score=float(np.clip(p, 0.0, 1.0)), threshold=0.5)
+            if finding.positive and inference.cams is not None:
+                activation = geometry.map_to_source(inference.cams[k].numpy())
+                finding = ClassificationFinding(
+                    label=label,
+                    score=finding.score,
+                    threshold=finding.threshold,
+                    region=activation_region(activation),
+                    activation=activation,
+                )
+            findings.append(finding)
         return ClassificationResult(
             model=self.model,
             source=radiograph.source,
-            findings=findings,
+            findings=tuple(findings),
             score_kind=ScoreKind.CALIBRATED,
         )
 
@@ -145,8 +174,8 @@ class CxrClassificationPipeline:
         timer = StageTimer()
         radiograph = timer("load", lambda: self.load(paths))
         image = timer("preprocess", lambda: self.preprocess(radiograph))
-        logits = timer("inference", lambda: self.infer(image))
-        result = timer("postprocess", lambda: self.postprocess(radiograph, logits))
+        inference = timer("inference", lambda: self.infer(image))
+        result = timer("postprocess", lambda: self.postprocess(radiograph, inference))
         return result, timer.seconds
 
     def run(self, paths: Sequence[str | Path]) -> Findings:

@@ -16,6 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 Point3D = tuple[float, float, float]
+Polygon = tuple[tuple[float, float], ...]
+"""A closed outline on an image: (column, row) points, (0, 0) the top-left corner of the top-left pixel
+(DICOM SCOORD image coordinates), the first point repeated last."""
 
 
 @dataclass(frozen=True)
@@ -63,17 +66,28 @@ class ScoreKind(StrEnum):
 
 @dataclass(frozen=True)
 class ClassificationFinding:
-    """One label of an image-level multi-label classifier: its score and the threshold it is read at."""
+    """One label of an image-level multi-label classifier: its score and the threshold it is read at.
+
+    For a positive finding the pipeline may add where it comes from: ``activation``, the class
+    activation map on the source image's pixel grid (rows, columns; float32, unitless), and ``region``,
+    the closed outline of the area that drives it (``pipelines.cam``). Both stay None otherwise.
+    """
 
     label: str
     score: float
     threshold: float
+    region: Polygon | None = None
+    activation: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
             raise ValueError(f'Argument "score" must be in [0, 1], got {self.score}.')
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f'Argument "threshold" must be in [0, 1], got {self.threshold}.')
+        if self.region is not None and (len(self.region) < 4 or self.region[0] != self.region[-1]):
+            raise ValueError('Argument "region" must be a closed polygon (at least 4 points, first = last).')
+        if self.activation is not None and self.activation.ndim != 2:
+            raise ValueError('Argument "activation" must be a 2D map (rows, columns).')
 
     @property
     def positive(self) -> bool:

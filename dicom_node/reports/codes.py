@@ -56,7 +56,7 @@ def _cc(code: object) -> hd.sr.CodedConcept:
 PROBABILITY = _cc(codes.DCM.Probability)  # DCM 122157
 # A classifier output rescaled so that its operating threshold sits at a fixed value (TorchXRayVision's
 # op_norm: 0.5). PS3.16 has no concept for it, and it is not a probability, so it is not coded as one.
-CALIBRATED_SCORE = private_code("CALSCORE", "Calibrated score (operating threshold as Threshold Value)")
+CALIBRATED_SCORE = private_code("CALSCORE", "Calibrated score")
 THRESHOLD_VALUE = _cc(codes.DCM.ThresholdValue)  # DCM 122411
 CERTAINTY_OF_FINDING = _cc(codes.DCM.CertaintyOfFinding)  # DCM 111012
 LONG_AXIS = _cc(codes.SCT.LongAxis)  # SCT 103339001

@@ -27,6 +27,7 @@ from pipelines.findings import (
 from . import codes as c
 from .air import absent, evaluation, score_item, tracking_identifier
 from .frames import plane_geometry, region_source, unique_instances
+from .regions import region_group
 from .seg import label_value_from_tracking_id, present_labels
 from .sources import SourceIndex
 
@@ -90,21 +91,26 @@ def classification_content(result: ClassificationResult, index: SourceIndex, sop
     """
     image = index.get(result.source)
     score = c.score_code(result.score_kind)
-    evaluations = [
-        evaluation(
-            c.classification_code(finding.label),
-            finding.positive,
-            [score_item(score, finding.score), score_item(c.THRESHOLD_VALUE, finding.threshold)],
+    groups: list[Group] = []
+    evaluations = []
+    for finding in result.findings:
+        if finding.positive and finding.region is not None:
+            groups.append(region_group(result, finding, image, sop_uid))  # its CAM outline (regions.py)
+            continue
+        evaluations.append(
+            evaluation(
+                c.classification_code(finding.label),
+                finding.positive,
+                [score_item(score, finding.score), score_item(c.THRESHOLD_VALUE, finding.threshold)],
+            )
         )
-        for finding in result.findings
-    ]
     positives = sum(1 for finding in result.findings if finding.positive)
     count = (
         (c.FINDINGS_ABOVE_THRESHOLD, positives, c.FINDINGS_UNIT)
         if positives
         else (c.NO_FINDING_ABOVE_THRESHOLD, len(result.findings), c.FINDINGS_UNIT)
     )
-    return Content(evaluations=evaluations, evidence=[image], count=count)
+    return Content(groups=groups, evaluations=evaluations, evidence=[image], count=count)
 
 
 def nodule_content(result: NoduleDetectionResult, index: SourceIndex, sop_uid: str) -> Content:

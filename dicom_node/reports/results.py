@@ -9,9 +9,10 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from pipelines.findings import Findings, SegmentationResult
+from pipelines.findings import ClassificationResult, Findings, SegmentationResult
 
 from .companion import write_companion
+from .parametric_map import write_parametric_maps
 from .presentation import write_presentation_state
 from .profile import DEFAULT_PROFILE, CompanionType, ReportProfile
 from .seg import seg_kind, write_segmentation
@@ -32,7 +33,8 @@ def write_results(
     predecessors: Sequence[DocumentReference] = (),
     shared: SharedObjects | None = None,
 ) -> list[pydicom.Dataset]:
-    """SEG first (for a segmentation with any foreground), then the SR(s), then the companion if asked.
+    """SEG first (for a segmentation with any foreground), then the SR(s), then the Parametric Maps of a
+    classification's activation maps (if any), then the companion if asked.
 
     The SEG goes first because the SR references it: a PACS that checks references sees it already.
     ``basis`` is what every object's identity and date/time derive from (default: the sources' UIDs,
@@ -64,6 +66,13 @@ def write_results(
                 pr = write_presentation_state(sr, result, sources, pipeline=pipeline, basis=basis)
                 built[pr_key] = [] if pr is None else [pr]
             objects.extend(built[pr_key])
+    if isinstance(result, ClassificationResult):
+        # The CAMs of positive findings, the same for every profile (parametric_map.py).
+        if "parametric-maps" not in built:
+            built["parametric-maps"] = list(
+                write_parametric_maps(result, sources, pipeline=pipeline, basis=basis)
+            )
+        objects.extend(built["parametric-maps"])
     if profile.companion == CompanionType.SECONDARY_CAPTURE:
         if "companion" not in built:
             built["companion"] = [write_companion(result, sources, pipeline=pipeline, basis=basis)]

@@ -51,6 +51,7 @@ class ResultKind(StrEnum):
     SR = "sr"
     SR_OHIF = "sr-ohif"  # the former OHIF layout (no longer written; kept so old rows still parse)
     COMPANION = "companion"
+    PARAMETRIC_MAP = "parametric-map"  # the CAMs of positive radiograph findings (parametric_map.py)
     PRESENTATION_STATE = "presentation-state"  # the GSPS of one SR (its SOP Instance UID the variant)
 
 
@@ -66,6 +67,7 @@ KIND_SERIES_OFFSET: dict[ResultKind, int] = {
     ResultKind.SEG_LABELMAP: 1,
     ResultKind.SR: 2,
     ResultKind.SR_OHIF: 3,
+    ResultKind.PARAMETRIC_MAP: 4,
     ResultKind.PRESENTATION_STATE: 5,
     ResultKind.COMPANION: 9,
 }

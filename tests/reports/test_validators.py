@@ -34,8 +34,7 @@ from .tools import (
 # evaluation is INFERRED FROM (TID 1500 row 13 lists only concept modifiers below it).
 ACCEPTED_PIXELMED_WARNINGS = (
     '/NUM (122157,DCM,"Probability"): Content Item not in template',
-    '/NUM (CALSCORE,99DCMNODE,"Calibrated score (operating threshold as Threshold Value)"): Content Item '
-    "not in template",
+    '/NUM (CALSCORE,99DCMNODE,"Calibrated score"): Content Item not in template',
     '/NUM (122411,DCM,"Threshold Value"): Content Item not in template',
 )
 
