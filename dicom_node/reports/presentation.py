@@ -44,7 +44,9 @@ LAYER = "AI RESULTS"
 LAYER_COLOR = hd.color.CIELabColor(97.14, -21.56, 94.48)  # yellow, as the companion image draws
 LINE_FRACTION = 1 / 40  # label height as a fraction of the image height
 MIN_LINE = 10.0  # pixels
-DRAWABLE = {"POINT", "POLYLINE", "CIRCLE", "ELLIPSE"}
+# What outlines a finding. A POINT is left out: the one group-level POINT we write is the summary group
+# of an SR that found nothing (groups.summary_group), a place to hang a count on for OHIF, not a finding.
+DRAWABLE = {"POLYLINE", "CIRCLE", "ELLIPSE"}
 
 
 @dataclass

@@ -121,8 +121,9 @@ def read_evaluations(sr: pydicom.Dataset) -> list[tuple[hd.sr.CodedConcept, bool
 
 
 def read_classification(sr: pydicom.Dataset) -> list[ReadFinding]:
-    """The classification findings of an SR (its Qualitative Evaluations), in document order."""
-    out = []
+    """The classification findings of an SR: the planar groups of findings with a region (their CAM
+    outline, ``regions.py``), then the document's Qualitative Evaluations, each in document order."""
+    out = _region_findings(sr)
     source = str(
         sr.CurrentRequestedProcedureEvidenceSequence[0]
         .ReferencedSeriesSequence[0]
@@ -159,6 +160,36 @@ def read_classification(sr: pydicom.Dataset) -> list[ReadFinding]:
                 threshold=threshold,
                 positive=hd.sr.CodedConcept.from_dataset(item.ConceptCodeSequence[0]) == c.PRESENT,
                 source_sop_instance_uid=source,
+            )
+        )
+    return out
+
+
+def _region_findings(sr: pydicom.Dataset) -> list[ReadFinding]:
+    report = _report(sr)
+    out = []
+    for group in _groups(sr):
+        code = _finding_type(group)
+        if code == c.NODULE or getattr(group, "roi", None) is None:
+            continue  # not a radiograph finding's outline
+        evaluations = group.get_qualitative_evaluations(name=code)
+        if not evaluations:
+            continue
+        found = [
+            (kind, float(m.value))
+            for m in group.get_measurements()
+            if (kind := c.score_kind_of(m.name)) is not None
+        ]
+        if len(found) != 1:
+            raise ValueError(f"Expected one score (probability or calibrated score), found {len(found)}.")
+        out.append(
+            ReadFinding(
+                label=c.code_to_classification_label(code),
+                score=found[0][1],
+                score_kind=found[0][0],
+                threshold=_value(group, c.THRESHOLD_VALUE),
+                positive=evaluations[0].value == c.PRESENT,
+                source_sop_instance_uid=_group_source(report, group),
             )
         )
     return out
