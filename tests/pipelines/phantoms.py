@@ -1,0 +1,179 @@
+"""Synthetic nodules planted in the lungs of the shared CT, with their analytic truth.
+
+An ellipsoid (centre, semi-axes, in-plane rotation) is written into the real slices with partial
+volume: each voxel's value becomes f·HU_nodule + (1 − f)·HU_before, f the fraction of the voxel inside
+the ellipsoid (5 × 5 × 5 sub-samples). Centres are placed in aerated lung (HU < −800 all around,
+away from the body's outside air) and on a slice plane, so that the slice through the centre holds
+the ellipse of semi-axes (a, b): long axis 2a, short axis 2b, the truth the measurements are held to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from scipy import ndimage
+
+from tests.pipelines.conftest import read_sorted, write_uncompressed
+
+NODULE_HU = 50.0
+SUBSAMPLES = 5
+
+
+@dataclass(frozen=True)
+class PlantedNodule:
+    """An ellipsoid in patient LPS mm: semi-axes (a, b) in-plane, rotated by ``angle_deg`` from +x,
+    and c along z."""
+
+    center: tuple[float, float, float]
+    semi_axes: tuple[float, float, float]
+    angle_deg: float = 0.0
+
+    @property
+    def long_axis_mm(self) -> float:
+        return 2 * max(self.semi_axes[:2])
+
+    @property
+    def short_axis_mm(self) -> float:
+        return 2 * min(self.semi_axes[:2])
+
+    @property
+    def volume_mm3(self) -> float:
+        a, b, c = self.semi_axes
+        return 4.0 / 3.0 * math.pi * a * b * c
+
+    def inside(self, points: np.ndarray) -> np.ndarray:
+        """Whether each (…, 3) patient point lies in the ellipsoid."""
+        d = points - np.array(self.center)
+        t = math.radians(self.angle_deg)
+        u = d[..., 0] * math.cos(t) + d[..., 1] * math.sin(t)
+        v = -d[..., 0] * math.sin(t) + d[..., 1] * math.cos(t)
+        a, b, c = self.semi_axes
+        return np.asarray((u / a) ** 2 + (v / b) ** 2 + (d[..., 2] / c) ** 2 <= 1.0)
+
+    def box(self, margin_mm: float = 1.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """An axis-aligned box around it (its exact bounding box grown by ``margin_mm``)."""
+        a, b, c = self.semi_axes
+        t = math.radians(self.angle_deg)
+        half = (
+            math.hypot(a * math.cos(t), b * math.sin(t)) + margin_mm,
+            math.hypot(a * math.sin(t), b * math.cos(t)) + margin_mm,
+            c + margin_mm,
+        )
+        lo = tuple(p - h for p, h in zip(self.center, half, strict=True))
+        hi = tuple(p + h for p, h in zip(self.center, half, strict=True))
+        return lo, hi
+
+
+def _geometry(slices: list[pydicom.Dataset]) -> tuple[np.ndarray, np.ndarray, float]:
+    """(origin of each slice (S, 3), pixel spacing (row, column)), slice step; axial slices."""
+    origins = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in slices])
+    spacing = np.array([float(v) for v in slices[0].PixelSpacing])
+    return origins, spacing, float(origins[1, 2] - origins[0, 2])
+
+
+def _hu(slices: list[pydicom.Dataset]) -> np.ndarray:
+    return np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices])
+
+
+def enclosed_air() -> np.ndarray:
+    """Voxels (plane, row, column) below −800 HU that are not connected to the air outside the body."""
+    hu = _hu(read_sorted())
+    air = hu < -800.0
+    labels, _ = ndimage.label(air)
+    border = np.unique(np.concatenate([labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]))
+    return np.asarray(air & ~np.isin(labels, border[border > 0]))
+
+
+def air_centres(shapes: list[PlantedNodule], clearance_mm: float = 2.0) -> list[PlantedNodule]:
+    """``shapes`` moved to centres on slice planes where each, grown by ``clearance_mm``, lies wholly in
+    enclosed air, inside the volume and apart from the others: the deepest such places first."""
+    slices = read_sorted()
+    origins, spacing, step = _geometry(slices)
+    air = enclosed_air()
+    free = air.copy()
+    depth = ndimage.distance_transform_edt(air, sampling=(step, spacing[0], spacing[1]))
+    order = np.argsort(-depth, axis=None)
+    points = _voxel_points(origins, spacing, air.shape)
+    placed: list[PlantedNodule] = []
+    for shape in shapes:
+        grown = PlantedNodule(shape.center, tuple(a + clearance_mm for a in shape.semi_axes), shape.angle_deg)
+        for flat in order:
+            k, r, c = np.unravel_index(flat, depth.shape)
+            if depth[k, r, c] < min(grown.semi_axes):
+                raise AssertionError(f"the shared CT has no enclosed air for {shape}")
+            centre = origins[k] + np.array([c * spacing[1], r * spacing[0], 0.0])
+            if not origins[0, 2] + grown.semi_axes[2] <= centre[2] <= origins[-1, 2] - grown.semi_axes[2]:
+                continue
+            candidate = PlantedNodule(
+                (float(centre[0]), float(centre[1]), float(centre[2])), shape.semi_axes, shape.angle_deg
+            )
+            reach = max(grown.semi_axes)
+            window = (
+                slice(max(k - math.ceil(reach / step), 0), k + math.ceil(reach / step) + 1),
+                slice(max(r - math.ceil(reach / spacing[0]), 0), r + math.ceil(reach / spacing[0]) + 1),
+                slice(max(c - math.ceil(reach / spacing[1]), 0), c + math.ceil(reach / spacing[1]) + 1),
+            )
+            grown_here = PlantedNodule(candidate.center, grown.semi_axes, shape.angle_deg)
+            want = grown_here.inside(points[window])
+            if (want & ~free[window]).any():
+                continue
+            free[window] &= ~want
+            placed.append(candidate)
+            break
+        else:
+            raise AssertionError(f"the shared CT has no enclosed air for {shape}")
+    return placed
+
+
+def _voxel_points(origins: np.ndarray, spacing: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Patient points (S, R, C, 3) of every voxel centre (axial slices)."""
+    rows = np.arange(shape[1]) * spacing[0]
+    cols = np.arange(shape[2]) * spacing[1]
+    points = np.empty((*shape, 3))
+    points[..., 0] = origins[:, None, None, 0] + cols[None, None, :]
+    points[..., 1] = origins[:, None, None, 1] + rows[None, :, None]
+    points[..., 2] = origins[:, None, None, 2]
+    return points
+
+
+def write_planted(out: Path, nodules: list[PlantedNodule]) -> list[Path]:
+    """The shared CT with ``nodules`` planted, as uncompressed slices in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    slices = read_sorted()
+    hu = _hu(slices)
+    origins, spacing, step = _geometry(slices)
+    offsets = (np.arange(SUBSAMPLES) + 0.5) / SUBSAMPLES - 0.5
+    for nodule in nodules:
+        lo, hi = nodule.box(margin_mm=2.0)
+        ks = [k for k in range(len(slices)) if lo[2] - step <= origins[k, 2] <= hi[2] + step]
+        cols = np.arange(
+            math.floor((lo[0] - origins[0, 0]) / spacing[1]),
+            math.ceil((hi[0] - origins[0, 0]) / spacing[1]) + 1,
+        )
+        rows = np.arange(
+            math.floor((lo[1] - origins[0, 1]) / spacing[0]),
+            math.ceil((hi[1] - origins[0, 1]) / spacing[0]) + 1,
+        )
+        for k in ks:
+            dz, dy, dx = np.meshgrid(
+                offsets * step, offsets * spacing[0], offsets * spacing[1], indexing="ij"
+            )
+            sub = np.stack([dx.ravel(), dy.ravel(), dz.ravel()], axis=1)  # (n, 3)
+            cc, rr = np.meshgrid(cols, rows)
+            centres = origins[k] + np.stack(
+                [cc * spacing[1], rr * spacing[0], np.zeros_like(cc, dtype=float)], axis=-1
+            )
+            fraction = nodule.inside(centres[:, :, None, :] + sub[None, None]).mean(axis=2)
+            before = hu[k][rr, cc]
+            hu[k][rr, cc] = fraction * NODULE_HU + (1 - fraction) * before
+    paths = []
+    for k, ds in enumerate(slices):
+        stored = np.rint((hu[k] - float(ds.RescaleIntercept)) / float(ds.RescaleSlope))
+        path = out / f"{k:03d}.dcm"
+        write_uncompressed(ds, stored, path)
+        paths.append(path)
+    return paths
