@@ -20,6 +20,7 @@ from pipelines.findings import (
 )
 
 from . import codes as c
+from . import nodules as nm
 from .profile import ReportProfile
 from .seg import label_value_from_tracking_id, present_labels
 from .sources import SliceGeometry, SourceIndex
@@ -144,31 +145,34 @@ def classification_groups(
 
 
 def nodule_groups(
-    result: NoduleDetectionResult, index: SourceIndex, profile: ReportProfile, sop_uid: str
+    result: NoduleDetectionResult,
+    index: SourceIndex,
+    profile: ReportProfile,
+    sop_uid: str,
+    segmentation: hd.seg.Segmentation | None = None,
 ) -> tuple[list[Group], list[pydicom.Dataset]]:
+    """Per nodule a planar group on the plane of its long axis (and, standard layout, a volumetric
+    group of its volume on its SEG segment or its box): the content in ``reports/nodules.py``."""
     groups: list[Group] = []
     evidence = {ref.sop_instance_uid: index.get(ref) for ref in result.source_images}
+    if segmentation is not None:
+        evidence[str(segmentation.SOPInstanceUID)] = segmentation
     for number, nodule in enumerate(result.nodules, start=1):
-        image = index.get(nodule.source_slice)
+        image = index.get(nodule.measurement_image)
         evidence[str(image.SOPInstanceUID)] = image
         geometry = SliceGeometry(image)
         size = np.subtract(nodule.box_max, nodule.box_min)
         width, height = geometry.extent_in_pixels(size)
+        column, row = geometry.to_pixel(nodule.center)
         # SCOORD image coordinates put the centre of the top-left pixel at (0.5, 0.5); ours at (0, 0).
-        rect = _rectangle(
-            nodule.center_pixel[0] + 0.5,
-            nodule.center_pixel[1] + 0.5,
-            max(width, 1.0) / 2,
-            max(height, 1.0) / 2,
-        )
+        rect = _rectangle(column + 0.5, row + 0.5, max(width, 1.0) / 2, max(height, 1.0) / 2)
         region, coords = _region(rect, image)
-        measurements = [
-            hd.sr.Measurement(name=c.LONG_AXIS, value=float(nodule.long_axis_mm), unit=c.MILLIMETER),
-            hd.sr.Measurement(name=c.VOLUME, value=float(nodule.volume_mm3), unit=c.CUBIC_MILLIMETER),
-            _unitless(c.CERTAINTY_OF_FINDING, nodule.confidence),
-        ]
+        measurements = nm.diameter_measurements(nodule)
+        if profile.ohif_compatible:
+            measurements.insert(1, nm.volume_measurement(nodule))
+        tracking = _tracking(sop_uid, f"nodule {number}")
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(sop_uid, f"nodule {number}"),
+            tracking_identifier=tracking,
             referenced_region=region,
             finding_type=c.NODULE,
             finding_sites=[hd.sr.FindingSite(anatomic_location=c.LUNG)],
@@ -177,7 +181,15 @@ def nodule_groups(
         )
         if profile.ohif_compatible:
             _nest_under_first_num(group, coords)
+        else:
+            nm.attach_inferred_from(
+                group, nm.measurement_coordinates(nodule, image, result.frame_of_reference_uid)
+            )
         groups.append(group)
+        if not profile.ohif_compatible:
+            groups.append(
+                nm.volume_group(nodule, number, result, tracking, _algorithm(result.model), segmentation)
+            )
     if not groups:
         images = [index.get(ref) for ref in result.source_images]
         groups.append(_nothing_found_group(result.model, images, c.NODULE, c.LUNG, profile, sop_uid))

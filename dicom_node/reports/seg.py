@@ -121,6 +121,7 @@ def write_segmentation(
                 tracking_uid=derive_uid(identity.series_instance_uid, "segment", str(label.value)),
                 tracking_id=segment_tracking_id(label),
                 display_color=coding.display_color,
+                anatomic_regions=None if coding.anatomic_region is None else [coding.anatomic_region],
             )
         )
 

@@ -112,7 +112,7 @@ def write_measurement_report(
         groups, evidence = classification_groups(result, index, profile, identity.sop_instance_uid)
         procedure = c.PROCEDURE_CHEST_IMAGING
     elif isinstance(result, NoduleDetectionResult):
-        groups, evidence = nodule_groups(result, index, profile, identity.sop_instance_uid)
+        groups, evidence = nodule_groups(result, index, profile, identity.sop_instance_uid, segmentation)
         procedure = c.PROCEDURE_CT_CHEST
     elif isinstance(result, SegmentationResult):
         groups, evidence = segmentation_groups(

@@ -17,6 +17,8 @@ import numpy as np
 import pydicom
 from scipy import ndimage
 
+from pipelines.ct_geometry import model_affine_lps
+from pipelines.ct_lung_nodules import GridDetections
 from tests.pipelines.conftest import read_sorted, write_uncompressed
 
 NODULE_HU = 50.0
@@ -177,3 +179,20 @@ def write_planted(out: Path, nodules: list[PlantedNodule]) -> list[Path]:
         write_uncompressed(ds, stored, path)
         paths.append(path)
     return paths
+
+
+def box_detector(boxes_lps: list[tuple[tuple[float, ...], tuple[float, ...]]]):
+    """Oracle detector: the given patient boxes, as grid boxes of the image it is given."""
+
+    def detect(image) -> GridDetections:
+        inverse = np.linalg.inv(model_affine_lps(image))
+        grid = []
+        for lo, hi in boxes_lps:
+            corners = np.array(
+                [[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+            )
+            index = (inverse @ corners.T).T[:, :3]
+            grid.append([*index.min(axis=0), *index.max(axis=0)])
+        return GridDetections(np.array(grid, dtype=np.float64), np.full(len(grid), 0.9))
+
+    return detect

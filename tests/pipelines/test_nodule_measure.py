@@ -14,12 +14,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipelines.ct_geometry import model_affine_lps
-from pipelines.ct_lung_nodules import GridDetections, LungNoduleDetectionPipeline, NoduleSettings
+from pipelines.ct_lung_nodules import LungNoduleDetectionPipeline, NoduleSettings
 from pipelines.findings import ImageReference, ModelInfo, Nodule, NoduleMeasurement
 from pipelines.io import load_ct_series
 from pipelines.nodule_measure import measure_nodule
-from tests.pipelines.phantoms import PlantedNodule, air_centres, write_planted
+from tests.pipelines.phantoms import PlantedNodule, air_centres, box_detector, write_planted
 
 ORACLE = ModelInfo(name="oracle", version="test-oracle")
 SPHERE_RADIUS = 5.0
@@ -42,23 +41,6 @@ def planted(tmp_path_factory) -> tuple[list[PlantedNodule], list]:
         for n in air_centres(shapes, clearance_mm=1.5)
     ]
     return nodules, write_planted(tmp_path_factory.mktemp("planted"), nodules[:2])
-
-
-def box_detector(boxes_lps: list[tuple[tuple[float, ...], tuple[float, ...]]]):
-    """Oracle detector: the given patient boxes, as grid boxes of the image it is given."""
-
-    def detect(image) -> GridDetections:
-        inverse = np.linalg.inv(model_affine_lps(image))
-        grid = []
-        for lo, hi in boxes_lps:
-            corners = np.array(
-                [[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
-            )
-            index = (inverse @ corners.T).T[:, :3]
-            grid.append([*index.min(axis=0), *index.max(axis=0)])
-        return GridDetections(np.array(grid, dtype=np.float64), np.full(len(grid), 0.9))
-
-    return detect
 
 
 @pytest.fixture(scope="module")
