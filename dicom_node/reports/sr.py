@@ -6,9 +6,10 @@ The standard layout (default profile):
   qualitative evaluation (the finding: Present/Absent at the model's threshold), the score — coded as a
   Probability only when it is one, else as a calibrated score (docs/codes.md) — and the operating
   threshold as NUMs, and the radiograph as the group's source image;
-* nodules: one TID 1410 planar ROI per nodule on its centre slice (a closed POLYLINE rectangle, the
-  nodule's box seen on that slice, centred on the nodule), finding type Nodule, finding site Lung, with
-  long-axis diameter, volume and the detector's confidence;
+* nodules: one TID 1410 planar ROI per nodule on the slice of its long axis (a closed POLYLINE
+  rectangle, the nodule's box seen on that slice), finding type Nodule, finding site Lung, with long-
+  and short-axis diameter, mean diameter and the detector's confidence, and a TID 1411 volumetric ROI
+  with its volume on its SEG segment or its box (reports/nodules.py);
 * vertebrae: one TID 1411 volumetric ROI per segment of the SEG, referencing that segment, with volume
   and mean attenuation.
 
