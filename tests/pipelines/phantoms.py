@@ -10,6 +10,7 @@ the ellipse of semi-axes (a, b): long axis 2a, short axis 2b, the truth the meas
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,27 @@ class PlantedNodule:
         lo = tuple(p - h for p, h in zip(self.center, half, strict=True))
         hi = tuple(p + h for p, h in zip(self.center, half, strict=True))
         return lo, hi
+
+
+@dataclass(frozen=True)
+class PlantedVessel:
+    """A straight cylinder of ``radius`` from ``start`` to ``end`` (patient LPS mm): a vessel."""
+
+    start: tuple[float, float, float]
+    end: tuple[float, float, float]
+    radius: float
+
+    def inside(self, points: np.ndarray) -> np.ndarray:
+        a, b = np.array(self.start), np.array(self.end)
+        axis = b - a
+        t = np.clip(((points - a) @ axis) / float(axis @ axis), 0.0, 1.0)
+        nearest = a + t[..., None] * axis
+        return np.asarray(np.linalg.norm(points - nearest, axis=-1) <= self.radius)
+
+    def box(self, margin_mm: float = 1.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        lo = np.minimum(self.start, self.end) - self.radius - margin_mm
+        hi = np.maximum(self.start, self.end) + self.radius + margin_mm
+        return tuple(float(v) for v in lo), tuple(float(v) for v in hi)
 
 
 def _geometry(slices: list[pydicom.Dataset]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -142,8 +164,9 @@ def _voxel_points(origins: np.ndarray, spacing: np.ndarray, shape: tuple[int, ..
     return points
 
 
-def write_planted(out: Path, nodules: list[PlantedNodule]) -> list[Path]:
-    """The shared CT with ``nodules`` planted, as uncompressed slices in ``out``."""
+def write_planted(out: Path, nodules: Sequence[PlantedNodule | PlantedVessel]) -> list[Path]:
+    """The shared CT with ``nodules`` (and vessels) planted, in this order, as uncompressed slices in
+    ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     slices = read_sorted()
     hu = _hu(slices)

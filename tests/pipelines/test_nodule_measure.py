@@ -18,7 +18,7 @@ from pipelines.ct_lung_nodules import LungNoduleDetectionPipeline, NoduleSetting
 from pipelines.findings import ImageReference, ModelInfo, Nodule, NoduleMeasurement
 from pipelines.io import load_ct_series
 from pipelines.nodule_measure import measure_nodule
-from tests.pipelines.phantoms import PlantedNodule, air_centres, box_detector, write_planted
+from tests.pipelines.phantoms import PlantedNodule, PlantedVessel, air_centres, box_detector, write_planted
 
 ORACLE = ModelInfo(name="oracle", version="test-oracle")
 SPHERE_RADIUS = 5.0
@@ -167,3 +167,33 @@ def test_a_box_on_the_chest_wall_falls_back_to_the_box(planted):
     measured = measure_nodule(volume, box)
     assert measured.measurement == NoduleMeasurement.BOX
     assert "reaches beyond the box" in measured.measurement_note
+
+
+def test_a_vessel_running_out_of_the_box_is_cut_off(tmp_path):
+    """A sphere with a 2 mm vessel leaving it in-plane and running out of the box: the in-plane opening
+    cuts the vessel, and the diameters are the sphere's, within one voxel."""
+    (sphere,) = air_centres([PlantedNodule((0.0, 0.0, 0.0), (SPHERE_RADIUS,) * 3)], clearance_mm=1.5)
+    x, y, z = sphere.center
+    vessel = PlantedVessel(start=(x, y, z), end=(x + 25.0, y + 10.0, z), radius=1.0)
+    paths = write_planted(tmp_path / "vessel", [sphere, vessel])
+    volume = load_ct_series(paths)
+    lo, hi = sphere.box(margin_mm=1.5)
+    nodule = Nodule(
+        center=sphere.center,
+        box_min=lo,  # type: ignore[arg-type]
+        box_max=hi,  # type: ignore[arg-type]
+        long_axis_mm=0.0,
+        volume_mm3=0.0,
+        confidence=0.9,
+        source_slice=volume.source_images[0],
+        center_pixel=(0.0, 0.0),
+    )
+    measured = measure_nodule(volume, nodule)
+    voxel = _pixel_mm(paths)
+    assert measured.measurement == NoduleMeasurement.SEGMENTATION, measured.measurement_note
+    assert abs(measured.long_axis_mm - sphere.long_axis_mm) <= voxel, measured.long_axis_mm
+    assert measured.short_axis_mm is not None
+    assert abs(measured.short_axis_mm - sphere.short_axis_mm) <= voxel, measured.short_axis_mm
+    assert abs(measured.volume_mm3 - sphere.volume_mm3) <= VOLUME_TOLERANCE * sphere.volume_mm3, (
+        measured.volume_mm3
+    )
