@@ -1,10 +1,13 @@
-"""Synthetic nodules planted in the lungs of the shared CT, with their analytic truth.
+"""Synthetic nodules planted in real CT slices, with their analytic truth.
 
 An ellipsoid (centre, semi-axes, in-plane rotation) is written into the real slices with partial
 volume: each voxel's value becomes f·HU_nodule + (1 − f)·HU_before, f the fraction of the voxel inside
-the ellipsoid (5 × 5 × 5 sub-samples). Centres are placed in aerated lung (HU < −800 all around,
-away from the body's outside air) and on a slice plane, so that the slice through the centre holds
-the ellipse of semi-axes (a, b): long axis 2a, short axis 2b, the truth the measurements are held to.
+the ellipsoid (5 × 5 × 5 sub-samples). Centres are placed in air (HU < −800 all around) and on a slice
+plane, so that the slice through the centre holds the ellipse of semi-axes (a, b): long axis 2a,
+short axis 2b, the truth the measurements are held to. In the shared CT, whose lung is only slivers
+at its bases, that air is gastric or bowel gas (not connected to the air outside the body); in the
+lung-cropped chest CT of tests/data/ct/nifti (written as DICOM by ``pulmonary_slices``) it is the
+lung parenchyma.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from pipelines.ct_geometry import model_affine_lps
 from pipelines.ct_lung_nodules import GridDetections
+from tests.conftest import DATA
+from tests.factories import ct_slice
 from tests.pipelines.conftest import read_sorted, write_uncompressed
 
 NODULE_HU = 50.0
@@ -103,23 +110,35 @@ def _hu(slices: list[pydicom.Dataset]) -> np.ndarray:
     return np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices])
 
 
-def enclosed_air() -> np.ndarray:
-    """Voxels (plane, row, column) below −800 HU that are not connected to the air outside the body."""
-    hu = _hu(read_sorted())
+def enclosed_air(slices: list[pydicom.Dataset] | None = None, *, enclosed: bool = True) -> np.ndarray:
+    """Voxels (plane, row, column) below −800 HU that are not connected to the air outside the body
+    (``enclosed=False``: all of them, for a volume cropped to the lungs)."""
+    hu = _hu(slices or read_sorted())
     air = hu < -800.0
+    if not enclosed:
+        return np.asarray(air)
     labels, _ = ndimage.label(air)
     border = np.unique(np.concatenate([labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]))
     return np.asarray(air & ~np.isin(labels, border[border > 0]))
 
 
-def air_centres(shapes: list[PlantedNodule], clearance_mm: float = 2.0) -> list[PlantedNodule]:
+def air_centres(
+    shapes: list[PlantedNodule],
+    clearance_mm: float = 2.0,
+    slices: list[pydicom.Dataset] | None = None,
+    *,
+    enclosed: bool = True,
+) -> list[PlantedNodule]:
     """``shapes`` moved to centres on slice planes where each, grown by ``clearance_mm``, lies wholly in
-    enclosed air, inside the volume and apart from the others: the deepest such places first."""
-    slices = read_sorted()
+    enclosed air, inside the volume and apart from the others: the deepest such places first.
+    ``slices``: another axial series, sorted by z (default: the shared CT)."""
+    slices = slices or read_sorted()
     origins, spacing, step = _geometry(slices)
-    air = enclosed_air()
+    air = enclosed_air(slices, enclosed=enclosed)
     free = air.copy()
-    depth = ndimage.distance_transform_edt(air, sampling=(step, spacing[0], spacing[1]))
+    # Outside the volume counts as no air: a nodule must lie wholly inside.
+    padded = np.pad(air, 1, constant_values=False)
+    depth = ndimage.distance_transform_edt(padded, sampling=(step, spacing[0], spacing[1]))[1:-1, 1:-1, 1:-1]
     order = np.argsort(-depth, axis=None)
     points = _voxel_points(origins, spacing, air.shape)
     placed: list[PlantedNodule] = []
@@ -164,24 +183,27 @@ def _voxel_points(origins: np.ndarray, spacing: np.ndarray, shape: tuple[int, ..
     return points
 
 
-def write_planted(out: Path, nodules: Sequence[PlantedNodule | PlantedVessel]) -> list[Path]:
+def write_planted(
+    out: Path, nodules: Sequence[PlantedNodule | PlantedVessel], slices: list[pydicom.Dataset] | None = None
+) -> list[Path]:
     """The shared CT with ``nodules`` (and vessels) planted, in this order, as uncompressed slices in
     ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    slices = read_sorted()
+    slices = slices or read_sorted()
     hu = _hu(slices)
     origins, spacing, step = _geometry(slices)
     offsets = (np.arange(SUBSAMPLES) + 0.5) / SUBSAMPLES - 0.5
     for nodule in nodules:
         lo, hi = nodule.box(margin_mm=2.0)
         ks = [k for k in range(len(slices)) if lo[2] - step <= origins[k, 2] <= hi[2] + step]
+        height, width = hu.shape[1:]
         cols = np.arange(
-            math.floor((lo[0] - origins[0, 0]) / spacing[1]),
-            math.ceil((hi[0] - origins[0, 0]) / spacing[1]) + 1,
+            max(math.floor((lo[0] - origins[0, 0]) / spacing[1]), 0),
+            min(math.ceil((hi[0] - origins[0, 0]) / spacing[1]) + 1, width),
         )
         rows = np.arange(
-            math.floor((lo[1] - origins[0, 1]) / spacing[0]),
-            math.ceil((hi[1] - origins[0, 1]) / spacing[0]) + 1,
+            max(math.floor((lo[1] - origins[0, 1]) / spacing[0]), 0),
+            min(math.ceil((hi[1] - origins[0, 1]) / spacing[0]) + 1, height),
         )
         for k in ks:
             dz, dy, dx = np.meshgrid(
@@ -219,3 +241,39 @@ def box_detector(boxes_lps: list[tuple[tuple[float, ...], tuple[float, ...]]]):
         return GridDetections(np.array(grid, dtype=np.float64), np.full(len(grid), 0.9))
 
     return detect
+
+
+PULMONARY_CT = DATA / "ct" / "nifti" / "chest_ct_cropped_pulmonary.nii.gz"
+
+
+def pulmonary_slices() -> list[pydicom.Dataset]:
+    """The chest CT cropped to the lungs (tests/data, NIfTI, 1.5 mm isotropic) as axial DICOM slices
+    sorted by z: the same voxels, at the patient positions its affine gives (RAS → LPS)."""
+    image = nib.load(PULMONARY_CT)
+    hu = np.asarray(image.get_fdata(), dtype=np.float64)  # (i, j, k): i along −x RAS = +x LPS, j +y LPS
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.allclose(affine[:3, :3], np.diag([-1.5, -1.5, 1.5])):
+        raise AssertionError(f"unexpected affine of {PULMONARY_CT}: {affine}")
+    origin_lps = np.array([-affine[0, 3], -affine[1, 3], affine[2, 3]])
+    study, series, frame = (generate_uid(entropy_srcs=[str(PULMONARY_CT), what]) for what in "abc")
+    slices = []
+    columns, rows, count = hu.shape
+    for k in range(count):
+        ds = ct_slice(
+            k,
+            study_uid=study,
+            series_uid=series,
+            frame_uid=frame,
+            rows=rows,
+            columns=columns,
+            spacing=1.5,
+            thickness=1.5,
+        )
+        ds.ImagePositionPatient = [float(origin_lps[0]), float(origin_lps[1]), float(origin_lps[2] + 1.5 * k)]
+        ds.SliceLocation = float(origin_lps[2] + 1.5 * k)
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = -1024
+        stored = np.clip(np.rint(hu[:, :, k].T + 1024), 0, 4095).astype(np.uint16)
+        ds.PixelData = stored.tobytes()
+        slices.append(ds)
+    return slices

@@ -18,7 +18,14 @@ from pipelines.ct_lung_nodules import LungNoduleDetectionPipeline, NoduleSetting
 from pipelines.findings import ImageReference, ModelInfo, Nodule, NoduleMeasurement
 from pipelines.io import load_ct_series
 from pipelines.nodule_measure import measure_nodule
-from tests.pipelines.phantoms import PlantedNodule, PlantedVessel, air_centres, box_detector, write_planted
+from tests.pipelines.phantoms import (
+    PlantedNodule,
+    PlantedVessel,
+    air_centres,
+    box_detector,
+    pulmonary_slices,
+    write_planted,
+)
 
 ORACLE = ModelInfo(name="oracle", version="test-oracle")
 SPHERE_RADIUS = 5.0
@@ -196,4 +203,48 @@ def test_a_vessel_running_out_of_the_box_is_cut_off(tmp_path):
     assert abs(measured.short_axis_mm - sphere.short_axis_mm) <= voxel, measured.short_axis_mm
     assert abs(measured.volume_mm3 - sphere.volume_mm3) <= VOLUME_TOLERANCE * sphere.volume_mm3, (
         measured.volume_mm3
+    )
+
+
+@pytest.fixture(scope="module")
+def in_real_lung(tmp_path_factory):
+    """The same nodules planted in the parenchyma of a real chest CT cropped to the lungs (1.5 mm,
+    vessels and all; tests/data/ct/nifti), boxes through the detection path."""
+    slices = pulmonary_slices()
+    shapes = [
+        PlantedNodule(center=(0.0, 0.0, 0.0), semi_axes=ELLIPSOID_AXES, angle_deg=ELLIPSOID_ANGLE),
+        PlantedNodule(center=(0.0, 0.0, 0.0), semi_axes=(SPHERE_RADIUS,) * 3),
+    ]
+    nodules = [
+        PlantedNodule((n.center[0] + 0.3, n.center[1] - 0.2, n.center[2]), n.semi_axes, n.angle_deg)
+        for n in air_centres(shapes, clearance_mm=1.5, slices=slices, enclosed=False)
+    ]
+    paths = write_planted(tmp_path_factory.mktemp("real-lung"), nodules, slices)
+    settings = NoduleSettings(spacing_mm=(1.5, 1.5, 1.5), report_score_thresh=0.5)
+    pipeline = LungNoduleDetectionPipeline(
+        model=ORACLE, detector=box_detector([n.box(margin_mm=1.5) for n in nodules]), settings=settings
+    )
+    result = pipeline.run(paths)
+    found = {
+        min(range(2), key=lambda i: np.linalg.norm(np.subtract(n.center, nodules[i].center))): n
+        for n in result.nodules
+    }
+    return nodules, paths, found
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["ellipsoid", "sphere"])
+def test_diameters_in_real_lung_parenchyma_are_within_one_voxel(in_real_lung, which):
+    planted, paths, found = in_real_lung
+    truth, nodule = planted[which], found[which]
+    voxel = _pixel_mm(paths)  # 1.5 mm
+    assert nodule.measurement == NoduleMeasurement.SEGMENTATION, nodule.measurement_note
+    assert abs(nodule.long_axis_mm - truth.long_axis_mm) <= voxel, (nodule.long_axis_mm, truth.long_axis_mm)
+    assert nodule.short_axis_mm is not None
+    assert abs(nodule.short_axis_mm - truth.short_axis_mm) <= voxel, (
+        nodule.short_axis_mm,
+        truth.short_axis_mm,
+    )
+    assert abs(nodule.volume_mm3 - truth.volume_mm3) <= VOLUME_TOLERANCE * truth.volume_mm3, (
+        nodule.volume_mm3,
+        truth.volume_mm3,
     )
