@@ -117,22 +117,34 @@ def _segment(
 
 
 def diameter_measurements(nodule: Nodule) -> list[hd.sr.Measurement]:
-    """Long axis, short axis, mean diameter and certainty of finding, for the planar group."""
+    """Long axis, short axis, mean diameter and certainty of finding, for the planar group (the short
+    axis and the mean only where the nodule has them: nothing is made up for a result without)."""
     method = method_code(nodule)
-    short = nodule.short_axis_mm if nodule.short_axis_mm is not None else nodule.long_axis_mm
-    mean = (
-        nodule.mean_diameter_mm if nodule.mean_diameter_mm is not None else (nodule.long_axis_mm + short) / 2
-    )
-    return [
+    out = [
         hd.sr.Measurement(
             name=c.LONG_AXIS, value=float(nodule.long_axis_mm), unit=c.MILLIMETER, method=method
-        ),
-        hd.sr.Measurement(name=c.SHORT_AXIS, value=float(short), unit=c.MILLIMETER, method=method),
-        hd.sr.Measurement(
-            name=c.DIAMETER, value=float(mean), unit=c.MILLIMETER, method=method, derivation=c.MEAN
-        ),
-        hd.sr.Measurement(name=c.CERTAINTY_OF_FINDING, value=float(nodule.confidence), unit=c.NO_UNITS),
+        )
     ]
+    if nodule.short_axis_mm is not None:
+        out.append(
+            hd.sr.Measurement(
+                name=c.SHORT_AXIS, value=float(nodule.short_axis_mm), unit=c.MILLIMETER, method=method
+            )
+        )
+    if nodule.mean_diameter_mm is not None:
+        out.append(
+            hd.sr.Measurement(
+                name=c.DIAMETER,
+                value=float(nodule.mean_diameter_mm),
+                unit=c.MILLIMETER,
+                method=method,
+                derivation=c.MEAN,
+            )
+        )
+    out.append(
+        hd.sr.Measurement(name=c.CERTAINTY_OF_FINDING, value=float(nodule.confidence), unit=c.NO_UNITS)
+    )
+    return out
 
 
 def measurement_coordinates(

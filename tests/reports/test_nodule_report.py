@@ -25,6 +25,8 @@ from pipelines.ct_lung_nodules import LungNoduleDetectionPipeline, NoduleSetting
 from pipelines.findings import ModelInfo, NoduleDetectionResult, NoduleMeasurement
 from tests.pipelines.phantoms import PlantedNodule, air_centres, box_detector, write_planted
 
+from .conftest import nodule_result
+from .data import ct_series
 from .tools import dciodvfy_errors, reread
 
 PROFILES = {"standard": DEFAULT_PROFILE, "ohif": OHIF_PROFILE, "labelmap": LABELMAP_PROFILE}
@@ -201,3 +203,13 @@ def test_a_result_without_segmentations_writes_no_seg(planted_result):
     )
     objects = write_results(boxes_only, sources, ReportProfile())
     assert [ds.Modality for ds in objects] == ["SR"]
+
+
+def test_a_nodule_without_short_axis_gets_no_short_axis_or_mean_in_the_sr():
+    """Nothing is made up: a nodule that carries only its long axis (no measurement) reports only that."""
+    result = nodule_result()
+    (sr,) = write_results(result, list(ct_series()), DEFAULT_PROFILE)
+    (read,) = read_nodules(reread(sr))
+    assert read.long_axis_mm == result.nodules[0].long_axis_mm
+    assert read.short_axis_mm is None and read.mean_diameter_mm is None
+    assert read.measurement == NoduleMeasurement.BOX  # the default: no segmentation was made
