@@ -9,8 +9,10 @@ grid's affine — the bundle's ``AffineBoxToWorldCoordinated(affine_lps_to_ras=T
 nearest source slice).
 
 Box coordinates on the grid are continuous voxel indices with voxel centres at integers, the
-convention of MONAI's box/affine transforms. ``volume_mm3`` is the ellipsoid inscribed in the box
-(π/6 · w · h · d), ``long_axis_mm`` the box's largest side.
+convention of MONAI's box/affine transforms. Each box is then measured on the source CT
+(``pipelines.nodule_measure``): diameters on the axial plane of the longest diameter and the volume
+from a threshold segmentation inside the box, or the box's in-plane sides and inscribed ellipsoid,
+flagged as such, where that segmentation fails.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pipelines.compute import Compute
 from pipelines.ct_geometry import model_affine_lps, to_model_grid
 from pipelines.findings import Findings, ModelInfo, Nodule, NoduleDetectionResult, Point3D
 from pipelines.io import CtVolume, load_ct_series
+from pipelines.nodule_measure import measure_nodule
 from pipelines.patient_space import nearest_source_plane
 
 NAME = "ct-lung-nodules"
@@ -134,7 +137,7 @@ class LungNoduleDetectionPipeline:
             hi = np.clip(detections.boxes[i, 3:], 0.0, size)
             if np.any(hi <= lo):
                 continue  # ClipBoxToImage(remove_empty=True)
-            nodules.append(self._nodule(volume, affine, lo, hi, score))
+            nodules.append(measure_nodule(volume, self._nodule(volume, affine, lo, hi, score)))
         return NoduleDetectionResult(
             model=self.model,
             series_instance_uid=volume.series_instance_uid,

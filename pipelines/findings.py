@@ -108,14 +108,31 @@ class ClassificationResult:
         object.__setattr__(self, "score_kind", ScoreKind(self.score_kind))
 
 
+class NoduleMeasurement(StrEnum):
+    """Where a nodule's diameters and volume come from."""
+
+    SEGMENTATION = "segmentation"
+    BOX = "box"
+
+
 @dataclass(frozen=True)
 class Nodule:
     """One detected lung nodule, in patient coordinates (mm).
 
     ``box_min``/``box_max`` are opposite corners of the axis-aligned box in patient coordinates;
     ``source_slice`` is the source image whose plane contains (or is nearest to) the centre.
-    ``center_voxel`` is (column, row) of the centre on that slice, in pixels (0-based, pixel centres
+    ``center_pixel`` is (column, row) of the centre on that slice, in pixels (0-based, pixel centres
     at integers), so that writers can draw it as an image region.
+
+    Measurements (``pipelines.nodule_measure``): ``long_axis_mm`` is the longest in-plane diameter of
+    the nodule's segmentation, on ``measurement_slice`` (the plane where it is longest),
+    ``short_axis_mm`` the longest diameter perpendicular to it on that plane, ``mean_diameter_mm``
+    their mean, ``volume_mm3`` voxel count × voxel volume; ``*_endpoints`` are the two ends of each
+    diameter in patient coordinates, on that plane. ``measurement`` says where they come from: the
+    segmentation, or (``BOX``, when it failed, ``measurement_note`` says why) the detection box's
+    in-plane sides and the ellipsoid inscribed in the box. ``mask`` is the segmentation as a boolean
+    (plane, row, column) array whose voxel [0, 0, 0] is source voxel ``mask_offset`` (planes in the
+    order of the result's ``source_images``).
     """
 
     center: Point3D
@@ -126,12 +143,33 @@ class Nodule:
     confidence: float
     source_slice: ImageReference
     center_pixel: tuple[float, float]
+    short_axis_mm: float | None = None
+    mean_diameter_mm: float | None = None
+    measurement: NoduleMeasurement = NoduleMeasurement.BOX
+    measurement_note: str = ""
+    measurement_slice: ImageReference | None = None
+    long_axis_endpoints: tuple[Point3D, Point3D] | None = None
+    short_axis_endpoints: tuple[Point3D, Point3D] | None = None
+    mask: npt.NDArray[np.bool_] | None = field(default=None, compare=False, repr=False)
+    mask_offset: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence <= 1.0:
             raise ValueError(f'Argument "confidence" must be in [0, 1], got {self.confidence}.')
         if self.long_axis_mm < 0 or self.volume_mm3 < 0:
             raise ValueError('Arguments "long_axis_mm" and "volume_mm3" must not be negative.')
+        object.__setattr__(self, "measurement", NoduleMeasurement(self.measurement))
+        if self.short_axis_mm is not None and not 0 <= self.short_axis_mm <= self.long_axis_mm + 1e-6:
+            raise ValueError('Argument "short_axis_mm" must be in [0, long_axis_mm].')
+        if (self.mask is None) != (self.mask_offset is None):
+            raise ValueError('Arguments "mask" and "mask_offset" must be given together.')
+        if self.mask is not None and self.mask.ndim != 3:
+            raise ValueError('Argument "mask" must have three dimensions (planes, rows, columns).')
+
+    @property
+    def measurement_image(self) -> ImageReference:
+        """The image the diameters were measured on (the centre slice when none is named)."""
+        return self.measurement_slice or self.source_slice
 
 
 @dataclass(frozen=True)

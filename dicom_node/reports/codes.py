@@ -60,6 +60,12 @@ CALIBRATED_SCORE = private_code("CALSCORE", "Calibrated score")
 THRESHOLD_VALUE = _cc(codes.DCM.ThresholdValue)  # DCM 122411
 CERTAINTY_OF_FINDING = _cc(codes.DCM.CertaintyOfFinding)  # DCM 111012
 LONG_AXIS = _cc(codes.SCT.LongAxis)  # SCT 103339001
+SHORT_AXIS = _cc(codes.SCT.ShortAxis)  # SCT 103340004
+DIAMETER = _cc(codes.SCT.Diameter)  # SCT 81827009: the mean diameter, with derivation Mean
+MEAN = _cc(codes.SCT.Mean)  # SCT 373098007 (CID 3488 derivation)
+# How a nodule was measured (TID 300 Measurement Method): PS3.16 has no concept for either.
+NODULE_SEGMENTATION_METHOD = private_code("NODTHRSEG", "HU threshold segmentation in the detection box")
+NODULE_BOX_METHOD = private_code("NODBOX", "Detection box size (segmentation failed)")
 VOLUME = _cc(codes.SCT.Volume)  # SCT 118565006
 MEAN_ATTENUATION = _cc(codes.DCM.MeanAttenuationCoefficient)  # DCM 112181
 PRESENT = _cc(codes.SCT.Present)  # SCT 52101004
@@ -183,6 +189,7 @@ class SegmentCoding:
     property_type: hd.sr.CodedConcept
     display_color: hd.color.CIELabColor
     is_private: bool
+    anatomic_region: hd.sr.CodedConcept | None = None
 
 
 def _rgb_for(index: int) -> tuple[int, int, int]:
@@ -206,8 +213,21 @@ def _rgb_for(index: int) -> tuple[int, int, int]:
 _VERTEBRA_RGB = ((241, 214, 145), (216, 160, 117))
 
 
+# Nodule segments ("Nodule 1", "Nodule 2", … as reports/nodules.py names them): one colour for all.
+NODULE_LABEL = re.compile(r"^Nodule \d+$")
+_NODULE_RGB = (255, 128, 0)
+
+
 def segment_coding(name: str, index: int) -> SegmentCoding:
     """The coding of a label named ``name`` (the ``index``-th segment, 0-based, picks its colour)."""
+    if NODULE_LABEL.match(name.strip()):
+        return SegmentCoding(
+            category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            property_type=NODULE,
+            display_color=hd.color.CIELabColor.from_rgb(*_NODULE_RGB),
+            is_private=False,
+            anatomic_region=LUNG,
+        )
     level = vertebra_level(name)
     if level is not None:
         rgb = _VERTEBRA_RGB[index % 2]

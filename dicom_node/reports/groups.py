@@ -25,6 +25,7 @@ from pipelines.findings import (
 )
 
 from . import codes as c
+from . import nodules as nm
 from .air import absent, evaluation, score_item, tracking_identifier
 from .frames import plane_geometry, region_source, unique_instances
 from .regions import region_group
@@ -113,37 +114,44 @@ def classification_content(result: ClassificationResult, index: SourceIndex, sop
     return Content(groups=groups, evaluations=evaluations, evidence=[image], count=count)
 
 
-def nodule_content(result: NoduleDetectionResult, index: SourceIndex, sop_uid: str) -> Content:
+def nodule_content(
+    result: NoduleDetectionResult,
+    index: SourceIndex,
+    sop_uid: str,
+    segmentation: hd.seg.Segmentation | None = None,
+) -> Content:
+    """Per nodule one planar group on the plane of its long axis: its box there as the region, long and
+    short axis, mean diameter, volume and certainty, each NUM INFERRED FROM what it was measured on (the
+    diameters' end points, the 3D box as SCOORD3D faces; ``reports/nodules.py``). One group, not a
+    planar and a volumetric one: OHIF blanks an SR whose group has no image region. The nodule masks are
+    in the SEG (``segmentation``, in the evidence)."""
     out = Content()
     evidence = {ref.sop_instance_uid: index.get(ref) for ref in result.source_images}
+    if segmentation is not None:
+        evidence[str(segmentation.SOPInstanceUID)] = segmentation
     for number, nodule in enumerate(result.nodules, start=1):
-        image = index.get(nodule.source_slice)
+        image = index.get(nodule.measurement_image)
         evidence[str(image.SOPInstanceUID)] = image
-        geometry = plane_geometry(image, nodule.source_slice.frame_number)
+        geometry = plane_geometry(image, nodule.measurement_image.frame_number)
         size = np.subtract(nodule.box_max, nodule.box_min)
         width, height = geometry.extent_in_pixels(size)
+        column, row = geometry.to_pixel(nodule.center)
         # SCOORD image coordinates put the centre of the top-left pixel at (0.5, 0.5); ours at (0, 0).
-        rect = _rectangle(
-            nodule.center_pixel[0] + 0.5,
-            nodule.center_pixel[1] + 0.5,
-            max(width, 1.0) / 2,
-            max(height, 1.0) / 2,
+        rect = _rectangle(column + 0.5, row + 0.5, max(width, 1.0) / 2, max(height, 1.0) / 2)
+        measurements = nm.diameter_measurements(nodule)
+        measurements.insert(1, nm.volume_measurement(nodule))
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking_identifier(sop_uid, f"nodule {number}"),
+            referenced_region=_region(rect, image, nodule.measurement_image.frame_number),
+            finding_type=c.NODULE,
+            finding_sites=[hd.sr.FindingSite(anatomic_location=c.LUNG)],
+            algorithm_id=_algorithm(result.model),
+            measurements=measurements,
         )
-        measurements = [
-            hd.sr.Measurement(name=c.LONG_AXIS, value=float(nodule.long_axis_mm), unit=c.MILLIMETER),
-            hd.sr.Measurement(name=c.VOLUME, value=float(nodule.volume_mm3), unit=c.CUBIC_MILLIMETER),
-            _unitless(c.CERTAINTY_OF_FINDING, nodule.confidence),
-        ]
-        out.groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking_identifier(sop_uid, f"nodule {number}"),
-                referenced_region=_region(rect, image, nodule.source_slice.frame_number),
-                finding_type=c.NODULE,
-                finding_sites=[hd.sr.FindingSite(anatomic_location=c.LUNG)],
-                algorithm_id=_algorithm(result.model),
-                measurements=measurements,
-            )
+        nm.attach_inferred_from(
+            group, nm.measurement_coordinates(nodule, image, result.frame_of_reference_uid)
         )
+        out.groups.append(group)
     if not result.nodules:
         out.evaluations.append(absent(c.NODULE))  # "no nodule detected"
     out.evidence = list(evidence.values())

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
-from pipelines.findings import ScoreKind
+from pipelines.findings import NoduleMeasurement, ScoreKind
 
 from . import codes as c
 from .seg import label_value_from_tracking_id
@@ -48,6 +48,11 @@ class ReadNodule:
     long_axis_mm: float
     volume_mm3: float
     confidence: float
+    short_axis_mm: float | None = None
+    mean_diameter_mm: float | None = None
+    measurement: NoduleMeasurement | None = None
+    segment_number: int | None = None
+    box_faces: tuple[tuple[tuple[float, float, float], ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,25 +216,66 @@ def _group_source(report: hd.sr.Comprehensive3DSR, group: object) -> str:
 
 
 def read_nodules(sr: pydicom.Dataset) -> list[ReadNodule]:
+    """The nodules of an SR (either layout): the planar group's values, and the volume (and its SEG
+    segment) from the volumetric group of the same Tracking UID where the layout has one."""
     out = []
     report = _report(sr)
-    for group in _content(report).get_planar_roi_measurement_groups():
+    content = _content(report)
+    volumetric = {str(g.tracking_uid): g for g in content.get_volumetric_roi_measurement_groups()}
+    for group in content.get_planar_roi_measurement_groups():
         if not group.get_measurements(name=c.LONG_AXIS):
             continue  # the "Nodule: Absent" group of a series without detections
         if group.roi is None:
             raise ValueError("A nodule group of ours always has an image region; this one has none.")
         data = np.asarray(group.roi.value, dtype=float)  # the rectangle, SCOORD coordinates
         centre = (data[:4].min(axis=0) + data[:4].max(axis=0)) / 2 - 0.5
+        volume_group = volumetric.get(str(group.tracking_uid))
+        volume_source = group if volume_group is None else volume_group
+        segment = getattr(volume_group, "referenced_segment", None) if volume_group is not None else None
+        long_axis = group.get_measurements(name=c.LONG_AXIS)[0]
         out.append(
             ReadNodule(
                 source_sop_instance_uid=_group_source(report, group),
                 center_pixel=(float(centre[0]), float(centre[1])),
-                long_axis_mm=_value(group, c.LONG_AXIS),
-                volume_mm3=_value(group, c.VOLUME),
+                long_axis_mm=float(long_axis.value),
+                volume_mm3=_value(volume_source, c.VOLUME),
                 confidence=_value(group, c.CERTAINTY_OF_FINDING),
+                short_axis_mm=_optional(group, c.SHORT_AXIS),
+                mean_diameter_mm=_optional(group, c.DIAMETER),
+                measurement=_measurement_kind(long_axis.method),
+                segment_number=int(segment[0].ReferencedSOPSequence[0].ReferencedSegmentNumber)
+                if segment is not None
+                else None,
+                box_faces=_box_faces(group),
             )
         )
     return out
+
+
+def _optional(group: Group, name: hd.sr.CodedConcept) -> float | None:
+    found = group.get_measurements(name=name)
+    return float(found[0].value) if found else None
+
+
+def _measurement_kind(method: hd.sr.CodedConcept | None) -> NoduleMeasurement | None:
+    if method is None:
+        return None
+    if method == c.NODULE_SEGMENTATION_METHOD:
+        return NoduleMeasurement.SEGMENTATION
+    if method == c.NODULE_BOX_METHOD:
+        return NoduleMeasurement.BOX
+    return None
+
+
+def _box_faces(group: Group) -> tuple[tuple[tuple[float, float, float], ...], ...]:
+    """The SCOORD3D polygons the Certainty of Finding is INFERRED FROM (the box), standard layout."""
+    faces = []
+    (measurement,) = group.get_measurements(name=c.CERTAINTY_OF_FINDING)
+    for item in measurement[0].get("ContentSequence", []):
+        if item.ValueType == "SCOORD3D":
+            points = np.asarray(item.GraphicData, dtype=float).reshape(-1, 3)
+            faces.append(tuple((float(p[0]), float(p[1]), float(p[2])) for p in points))
+    return tuple(faces)
 
 
 def read_volumes(sr: pydicom.Dataset) -> list[ReadVolume]:

@@ -9,13 +9,16 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from pipelines.findings import ClassificationResult, Findings, SegmentationResult
+from pipelines.findings import ClassificationResult, Findings, NoduleDetectionResult, SegmentationResult
 
 from .companion import write_companion
+from .naming import default_pipeline
+from .nodules import nodule_segmentation
 from .parametric_map import write_parametric_maps
 from .presentation import write_presentation_state
 from .profile import DEFAULT_PROFILE, CompanionType, ReportProfile
 from .seg import seg_kind, write_segmentation
+from .sources import SourceIndex
 from .sr import write_measurement_report
 from .uids import DocumentReference, ResultBasis
 
@@ -46,10 +49,25 @@ def write_results(
     built: SharedObjects = {} if shared is None else shared
     objects: list[pydicom.Dataset] = []
     segmentation: hd.seg.Segmentation | None = None
-    if isinstance(result, SegmentationResult) and np.any(result.label_map):
+    masks = (
+        nodule_segmentation(result, SourceIndex(sources))
+        if isinstance(result, NoduleDetectionResult)
+        else None
+    )
+    if masks is not None or (isinstance(result, SegmentationResult) and np.any(result.label_map)):
         key: Hashable = ("seg", seg_kind(profile))
         if key not in built:
-            built[key] = [write_segmentation(result, sources, profile, pipeline=pipeline, basis=basis)]
+            # A nodule result's SEG holds its masks; it is still the nodule pipeline's object.
+            seg_pipeline = pipeline or default_pipeline(result)
+            built[key] = [
+                write_segmentation(
+                    masks or cast(SegmentationResult, result),
+                    sources,
+                    profile,
+                    pipeline=seg_pipeline,
+                    basis=basis,
+                )
+            ]
         segmentation = cast(hd.seg.Segmentation, built[key][0])
         objects.append(segmentation)
     # The SR's content depends on the SEG it references, nothing else of the profile.

@@ -127,7 +127,9 @@ def write_segmentation(
                 tracking_uid=derive_uid(identity.series_instance_uid, "segment", str(label.value)),
                 tracking_id=segment_tracking_id(label),
                 display_color=coding.display_color,
-                anatomic_regions=[c.SPINE] if vertebra else None,
+                anatomic_regions=[c.SPINE]
+                if vertebra
+                else (None if coding.anatomic_region is None else [coding.anatomic_region]),
                 primary_anatomic_structures=[coding.property_type] if vertebra else None,
             )
         )

@@ -7,9 +7,11 @@ lacks one; image-level findings and explicit negatives are document-level Qualit
 * classification: per label "<finding>: Present/Absent" at the model's threshold, INFERRED FROM its
   score — coded as a Probability only when it is one, else as a calibrated score (docs/codes.md) — and
   the operating threshold;
-* nodules: one TID 1410 planar ROI per nodule on its centre slice (a closed POLYLINE rectangle, the
-  nodule's box seen on that slice), finding type Nodule, finding site Lung, with long-axis diameter,
-  volume and the detector's confidence; none detected: "Nodule: Absent";
+* nodules: one TID 1410 planar ROI per nodule on the slice of its long axis (a closed POLYLINE
+  rectangle, the nodule's box seen on that slice), finding type Nodule, finding site Lung, with long-
+  and short-axis diameter, mean diameter, volume and the detector's confidence, the diameters INFERRED
+  FROM their end points and the confidence from the 3D box (SCOORD3D; reports/nodules.py); the masks
+  in a SEG; none detected: "Nodule: Absent";
 * vertebrae: one TID 1411 volumetric ROI per segment of the SEG, referencing that segment and holding
   the segment's outline on its central slice, with volume and mean attenuation; none: "Vertebra: Absent".
 
@@ -198,7 +200,7 @@ def write_measurement_report(
         content = classification_content(result, index, sop_uid)
         region = c.CHEST
     elif isinstance(result, NoduleDetectionResult):
-        content = nodule_content(result, index, sop_uid)
+        content = nodule_content(result, index, sop_uid, segmentation)
         region = c.CHEST
     elif isinstance(result, SegmentationResult):
         content = segmentation_content(result, index, sop_uid, segmentation)
