@@ -140,8 +140,10 @@ def nodule_content(
         rect = _rectangle(column + 0.5, row + 0.5, max(width, 1.0) / 2, max(height, 1.0) / 2)
         measurements = nm.diameter_measurements(nodule)
         measurements.insert(1, nm.volume_measurement(nodule))
+        segment = nm.segment_tracking(segmentation, number) if nodule.mask is not None else None
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking_identifier(sop_uid, f"nodule {number}"),
+            # A segmented nodule shares its SEG segment's Tracking Identifier and UID (one object).
+            tracking_identifier=segment or tracking_identifier(sop_uid, f"nodule {number}"),
             referenced_region=_region(rect, image, nodule.measurement_image.frame_number),
             finding_type=c.NODULE,
             finding_sites=[hd.sr.FindingSite(anatomic_location=c.LUNG)],

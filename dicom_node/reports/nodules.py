@@ -248,6 +248,21 @@ def volume_group(
     )
 
 
+def segment_tracking(
+    segmentation: hd.seg.Segmentation | None, number: int
+) -> hd.sr.TrackingIdentifier | None:
+    """The Tracking Identifier and UID of the ``number``-th nodule's SEG segment (``None`` without one):
+    the SR group of that nodule carries them, so that group and segment are one tracked object."""
+    if segmentation is None:
+        return None
+    for description in segmentation.SegmentSequence:
+        if str(description.SegmentLabel) == nodule_label_name(number):
+            return hd.sr.TrackingIdentifier(
+                identifier=str(description.TrackingID), uid=str(description.TrackingUID)
+            )
+    return None
+
+
 def _segment_number(segmentation: hd.seg.Segmentation | None, number: int) -> int | None:
     """The SEG segment of the ``number``-th nodule, found by its label."""
     if segmentation is None:

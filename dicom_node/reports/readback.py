@@ -53,6 +53,7 @@ class ReadNodule:
     measurement: NoduleMeasurement | None = None
     segment_number: int | None = None
     box_faces: tuple[tuple[tuple[float, float, float], ...], ...] = ()
+    tracking_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,10 @@ def _region_findings(sr: pydicom.Dataset) -> list[ReadFinding]:
     report = _report(sr)
     out = []
     for group in _groups(sr):
+        if getattr(group, "roi", None) is None:
+            continue  # not a planar group (e.g. the summary group of an SR without findings)
         code = _finding_type(group)
-        if code == c.NODULE or getattr(group, "roi", None) is None:
+        if code == c.NODULE:
             continue  # not a radiograph finding's outline
         evaluations = group.get_qualitative_evaluations(name=code)
         if not evaluations:
@@ -216,8 +219,9 @@ def _group_source(report: hd.sr.Comprehensive3DSR, group: object) -> str:
 
 
 def read_nodules(sr: pydicom.Dataset) -> list[ReadNodule]:
-    """The nodules of an SR (either layout): the planar group's values, and the volume (and its SEG
-    segment) from the volumetric group of the same Tracking UID where the layout has one."""
+    """The nodules of an SR: the planar group's values (and, in SRs of earlier versions, the volume and
+    SEG segment from a volumetric group of the same Tracking UID). A nodule's SEG segment is the one
+    whose Tracking UID is the group's (``tracking_uid``)."""
     out = []
     report = _report(sr)
     content = _content(report)
@@ -247,6 +251,7 @@ def read_nodules(sr: pydicom.Dataset) -> list[ReadNodule]:
                 if segment is not None
                 else None,
                 box_faces=_box_faces(group),
+                tracking_uid=str(group.tracking_uid),
             )
         )
     return out

@@ -114,8 +114,9 @@ def write_segmentation(
         coding = segment_coding(label.name, number - 1)
         uses_private = uses_private or coding.is_private
         # The query keys an image manager indexes segments by: the region, and the structure itself
-        # (only vertebrae have a standard code; a private label names no anatomy we know).
-        vertebra = not coding.is_private
+        # (a nodule: its region, the lung; a vertebra: the spine and the vertebra itself; a private label
+        # names no anatomy we know).
+        vertebra = not coding.is_private and coding.anatomic_region is None
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,

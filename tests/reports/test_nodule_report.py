@@ -102,9 +102,6 @@ def test_the_sr_reads_back_the_pipelines_measurements(planted_result, written, p
         assert got.mean_diameter_mm == pytest.approx(want.mean_diameter_mm)
         assert got.volume_mm3 == pytest.approx(want.volume_mm3)
         assert got.measurement == want.measurement
-        if profile == "ohif":
-            assert got.box_faces == () and got.segment_number is None
-            continue
         # The box as SCOORD3D: six closed faces whose corners are the box's corners.
         assert len(got.box_faces) == 6
         corners = {tuple(round(v, 3) for v in p) for face in got.box_faces for p in face}
@@ -115,12 +112,11 @@ def test_the_sr_reads_back_the_pipelines_measurements(planted_result, written, p
             for z in (want.box_min[2], want.box_max[2])
         }
         assert corners == expected
-        assert (got.segment_number is None) == (want.mask is None)
-    segmented = [n for n in read if n.segment_number is not None]
-    if profile != "ohif":
-        assert len(segmented) == 2
-        numbers = {int(s.SegmentNumber) for s in seg.SegmentSequence}
-        assert {n.segment_number for n in segmented} <= numbers
+    # A segmented nodule's group and its SEG segment share one Tracking UID (one tracked object).
+    segments = {str(s.TrackingUID) for s in seg.SegmentSequence if "TrackingUID" in s}
+    segmented = [n for n in read if n.tracking_uid in segments]
+    assert len(segmented) == 2
+    assert [n.tracking_uid in segments for n in read] == [w.mask is not None for w in result.nodules]
 
 
 def test_the_diameter_end_points_are_drawn_on_the_measurement_slice(planted_result, written):
