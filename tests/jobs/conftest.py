@@ -242,8 +242,15 @@ class NodeUnderTest:
             return Database(self.database_url)
         return Database(f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}")
 
-    def send(self, files: list[Path], called_ae_title: str = "NODE") -> None:
-        """C-STORE ``files`` to the node with DCMTK storescu (TCP_NODELAY=1, as DESIGN.md asks)."""
+    def send(
+        self,
+        files: list[Path],
+        called_ae_title: str = "NODE",
+        options: tuple[str, ...] = (),
+        timeout: float = 60,
+    ) -> None:
+        """C-STORE ``files`` (folders too, with ``options`` such as ``+sd``) to the node with DCMTK
+        storescu (TCP_NODELAY=1, as DESIGN.md asks); ``-R`` proposes the files' own SOP classes."""
         result = subprocess.run(
             [
                 "storescu",
@@ -251,6 +258,7 @@ class NodeUnderTest:
                 "MODALITY",
                 "-aec",
                 called_ae_title,
+                *options,
                 "127.0.0.1",
                 str(self.port),
                 *map(str, files),
@@ -258,7 +266,7 @@ class NodeUnderTest:
             env={**os.environ, "TCP_NODELAY": "1"},
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
         )
         assert result.returncode == 0, f"storescu exit {result.returncode}: {result.stdout}{result.stderr}"
 

@@ -10,8 +10,6 @@ architecture, untrained: this proves indexing, routing and frame references, nev
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -70,25 +68,7 @@ def test_multiframe_ct_is_indexed_routed_and_analysed_like_its_source_series(
     node.serve()
     node._start(["worker", "--concurrency", "1"], "worker.log", DICOM_NODE_MODELS_DIR=str(models_dir))
     for options, path in ((["-xv", "+sd"], CT_DIR), (["-R"], legacy), (["-R"], enhanced)):
-        # -R proposes the files' own SOP classes: storescu's default list holds neither multi-frame class.
-        sent = subprocess.run(
-            [
-                "storescu",
-                "-aet",
-                "MODALITY",
-                "-aec",
-                "NODE",
-                *options,
-                "127.0.0.1",
-                str(node.port),
-                str(path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert sent.returncode == 0, sent.stderr
+        node.send([path], options=tuple(options), timeout=120)
 
     # Indexed with the geometry of the functional groups: as the single-frame series, in one instance.
     series = wait_for(lambda: (rows := node.rows(Series)) and len(rows) == 3 and rows, 60, "three series")

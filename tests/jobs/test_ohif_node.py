@@ -44,27 +44,10 @@ SR_MODALITY, SEG_MODALITY = "SR", "SEG"
 
 def _send(node: NodeUnderTest, test_data: Path) -> None:
     for options, path in (
-        (["-xv", "+sd"], test_data / "ct" / "totalseg_dicom"),
-        (["-xy"], test_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"),
+        (("-xv", "+sd"), test_data / "ct" / "totalseg_dicom"),
+        (("-xy",), test_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"),
     ):
-        sent = subprocess.run(
-            [
-                "storescu",
-                "-aet",
-                "MODALITY",
-                "-aec",
-                "NODE",
-                *options,
-                "127.0.0.1",
-                str(node.port),
-                str(path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert sent.returncode == 0, sent.stderr
+        node.send([path], options=options, timeout=120)
 
 
 def _delivered(node: NodeUnderTest, pacs: Pacs) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -84,24 +83,7 @@ def test_real_ct_and_radiograph_come_back_as_seg_and_sr(tmp_path, redis_db, pacs
         (["-xv", "+sd"], test_data / "ct" / "totalseg_dicom"),
         (["-xy"], test_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"),
     ):
-        result = subprocess.run(
-            [
-                "storescu",
-                "-aet",
-                "MODALITY",
-                "-aec",
-                "NODE",
-                *options,
-                "127.0.0.1",
-                str(node.port),
-                str(path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
+        node.send([path], options=tuple(options), timeout=120)
 
     def finished() -> bool:
         jobs = node.rows(Job)
