@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 from pydicom import dcmread
@@ -29,18 +28,6 @@ from tests.factories import UNTAGGED_CT, write_ct_series
 from tests.jobs.conftest import CLI, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _send(node, files: list[Path]) -> None:
-    result = subprocess.run(
-        ["storescu", "-aet", "MODALITY", "-aec", "NODE", "-xv", "+sd", "127.0.0.1", str(node.port)]
-        + [str(f) for f in files],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def test_content_checks_decide_which_pipelines_run(tmp_path, redis_db, pacs, node_factory):
@@ -68,8 +55,8 @@ def test_content_checks_decide_which_pipelines_run(tmp_path, redis_db, pacs, nod
     node.config.write_text(shipped + "[analysis]\nallow_untrained = true\n")
     node.serve()
     node._start(["worker", "--concurrency", "1"], "worker.log", DICOM_NODE_MODELS_DIR=str(models_dir))
-    _send(node, ct)
-    _send(node, head)
+    node.send(ct, options=("-xv",), timeout=120)
+    node.send(head, options=("-xv",), timeout=120)
 
     def finished() -> dict[tuple[str, str], Job] | None:
         jobs = node.rows(Job)

@@ -83,15 +83,20 @@ def test_multiframe_ct_is_indexed_routed_and_analysed_like_its_source_series(
         )
 
     def finished() -> list[Job] | None:
+        # Per series a vertebra job, and a nodule job that its content check skips (too little lung).
         jobs = node.rows(Job)
-        done = len(jobs) == 3 and all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs)
+        done = len(jobs) == 6 and all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs)
         return jobs if done else None
 
-    jobs = wait_for(finished, 2400, "the three vertebra jobs")
-    assert sorted((j.pipeline, j.state) for j in jobs) == [("ct-vertebrae", JobState.SUCCEEDED)] * 3, (
+    jobs = wait_for(finished, 2400, "the six jobs")
+    vertebrae = [j for j in jobs if j.pipeline == "ct-vertebrae"]
+    assert [j.state for j in vertebrae] == [JobState.SUCCEEDED] * 3, (
         [(j.pipeline, j.state, j.error) for j in jobs],
         node.log("worker.log"),
     )
+    nodules = [j for j in jobs if j.pipeline == "ct-lung-nodules"]
+    assert [j.state for j in nodules] == [JobState.SKIPPED] * 3, [(j.state, j.error) for j in nodules]
+    assert all("lung in field of view" in (j.error or "") for j in nodules), [j.error for j in nodules]
     # One delivery per job (its SEG and SR to the PACS).
     wait_for(
         lambda: (
