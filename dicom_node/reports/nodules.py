@@ -1,15 +1,13 @@
-"""What a nodule result puts in the SR and the SEG beyond its planar group (the layouts in sr.py).
+"""What a nodule result puts in the SR and the SEG beyond its planar group (the layout in sr.py).
 
 Per nodule, in the TID 1410 planar group on the plane of the longest diameter: the long-axis and
-short-axis diameters (SCT 103339001, 103340004) and their mean (SCT 81827009 Diameter, derivation
-SCT 373098007 Mean), each with its Measurement Method (segmentation, or the box where segmentation
-failed; docs/codes.md), and the detector's Certainty of Finding. In the standard layout each diameter
-is also INFERRED FROM its two end points (a 2-point SCOORD POLYLINE on that image), and the certainty
-INFERRED FROM the detection box as SCOORD3D: its six faces, each a closed POLYGON in patient
-coordinates. The volume goes in a TID 1411 volumetric group with the same Tracking Identifier and UID
-(the same nodule): its ROI is the nodule's segment in the SEG when there is one, else the box as a
-Volume Surface (the same six polygons). The OHIF layout keeps one planar group per nodule (OHIF blanks
-an SR that has a group without an image region), with the volume in it and no SCOORD3D.
+short-axis diameters (SCT 103339001, 103340004), their mean (SCT 81827009 Diameter, derivation SCT
+373098007 Mean) and the volume, each with its Measurement Method (segmentation, or the box where
+segmentation failed; docs/codes.md), and the detector's Certainty of Finding. Each diameter is INFERRED
+FROM its two end points (a 2-point SCOORD POLYLINE on that image), and the certainty INFERRED FROM the
+detection box as SCOORD3D: its six faces, each a closed POLYGON in patient coordinates. A segmented
+nodule's group carries its SEG segment's Tracking Identifier and UID (``segment_tracking``). There is
+no separate volumetric group: OHIF blanks an SR that has a group without an image region.
 
 The SEG: one segment per segmented nodule, "Nodule <n>" (n its number in the SR), Segmented Property
 Category Morphologically Abnormal Structure, Type Nodule, Anatomic Region Lung; where two masks
@@ -17,8 +15,6 @@ overlap, the voxel stays with the nodule of higher confidence (the earlier one).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -204,50 +200,6 @@ def volume_measurement(nodule: Nodule) -> hd.sr.Measurement:
     )
 
 
-def volume_group(
-    nodule: Nodule,
-    number: int,
-    result: NoduleDetectionResult,
-    tracking: hd.sr.TrackingIdentifier,
-    algorithm: hd.sr.AlgorithmIdentification,
-    segmentation: hd.seg.Segmentation | None,
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """The TID 1411 group of a nodule's volume: on its SEG segment, else on its box (Volume Surface)."""
-    segment = _segment_number(segmentation, number) if nodule.mask is not None else None
-    source_series = hd.sr.SourceSeriesForSegmentation(result.series_instance_uid)
-    sites = [hd.sr.FindingSite(anatomic_location=c.LUNG)]
-    measurements = [volume_measurement(nodule)]
-    if segmentation is not None and segment is not None:
-        referenced = hd.sr.ReferencedSegment(
-            sop_class_uid=str(segmentation.SOPClassUID),
-            sop_instance_uid=str(segmentation.SOPInstanceUID),
-            segment_number=segment,
-            source_series=source_series,
-        )
-        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_segment=referenced,
-            finding_type=c.NODULE,
-            finding_sites=sites,
-            algorithm_id=algorithm,
-            measurements=measurements,
-        )
-    surface = hd.sr.VolumeSurface(
-        graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
-        graphic_data=box_faces(nodule),
-        frame_of_reference_uid=result.frame_of_reference_uid,
-        source_series=source_series,
-    )
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_volume_surface=surface,
-        finding_type=c.NODULE,
-        finding_sites=sites,
-        algorithm_id=algorithm,
-        measurements=measurements,
-    )
-
-
 def segment_tracking(
     segmentation: hd.seg.Segmentation | None, number: int
 ) -> hd.sr.TrackingIdentifier | None:
@@ -261,18 +213,3 @@ def segment_tracking(
                 identifier=str(description.TrackingID), uid=str(description.TrackingUID)
             )
     return None
-
-
-def _segment_number(segmentation: hd.seg.Segmentation | None, number: int) -> int | None:
-    """The SEG segment of the ``number``-th nodule, found by its label."""
-    if segmentation is None:
-        return None
-    for description in segmentation.SegmentSequence:
-        if str(description.SegmentLabel) == nodule_label_name(number):
-            return int(description.SegmentNumber)
-    return None
-
-
-def pixel_on(image: pydicom.Dataset, point: Sequence[float]) -> tuple[float, float]:
-    """(column, row) of a patient point projected onto ``image`` (pixel centres at integers)."""
-    return SliceGeometry(image).to_pixel(point)
