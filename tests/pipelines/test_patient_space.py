@@ -178,10 +178,10 @@ def test_nodule_boxes_agree_within_half_a_voxel_in_patient_space(patient_variant
                 deviation = np.abs(np.array(getattr(got, field)) - np.array(getattr(want, field)))
                 assert np.all(deviation <= half_voxel), (variant, field, deviation)
                 assert np.all(deviation < 1e-9), (variant, field, deviation)  # in fact: the same boxes
-            assert (got.long_axis_mm, got.volume_mm3, got.confidence) == (
-                want.long_axis_mm,
-                want.volume_mm3,
-                want.confidence,
+            # The measurements run on each variant's own source grid (pipelines/nodule_measure.py), so
+            # the order of summation differs with the layout: equal to the last few bits, no more.
+            assert (got.long_axis_mm, got.volume_mm3, got.confidence) == pytest.approx(
+                (want.long_axis_mm, want.volume_mm3, want.confidence), rel=1e-12, abs=1e-9
             )
 
 

@@ -169,7 +169,9 @@ def test_parametric_maps_and_sr_pass_dciodvfy(written):
 @pytest.mark.slow  # PixelMed's XSLT template check takes about a minute per SR here
 @pytest.mark.skipif(not pixelmed_available(), reason="PixelMed (Debian libpixelmed-java) is not installed")
 def test_pixelmed_finds_no_error_in_the_cam_objects(written):
-    distinct = _distinct(written)
+    # PixelMed 2022 knows no Parametric Map IOD and cannot decode its JPEG 2000 pixels: dciodvfy checks
+    # the maps (test_parametric_maps_and_sr_pass_dciodvfy); PixelMed checks the SR.
+    distinct = [(path, ds) for path, ds in _distinct(written) if ds.SOPClassUID != PARAMETRIC_MAP_STORAGE]
     reports = pixelmed_reports([path for path, _ in distinct])
     for path, ds in distinct:
         errors, _ = pixelmed_findings(reports[path])
