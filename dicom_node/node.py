@@ -53,9 +53,10 @@ class Node:
         check_store_present(settings.storage_root, self.database)  # before anything creates it
         self.store = InstanceStore(settings.storage_root, min_free_bytes=settings.min_free_bytes)
         self.ingest = Ingest(self.store, self.database)
-        self.edge = EdgeServer(settings, self.ingest)
+        self.edge = EdgeServer(settings, self.ingest, on_evidence=self.look_again)
         self.on_complete = on_complete
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._assembler: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
         self.reconciler: ReconcilerThread | None = None
@@ -86,8 +87,21 @@ class Node:
         self._assembler.start()
         return report
 
+    def look_again(self, delay: float = 0.0) -> None:
+        """Run an assembly pass after ``delay`` seconds: completion evidence arrived (edge/)."""
+        if delay <= 0:
+            self._wake.set()
+            return
+        timer = threading.Timer(delay, self._wake.set)
+        timer.daemon = True
+        timer.start()
+
     def _assemble_loop(self) -> None:
-        while not self._stop.wait(ASSEMBLY_INTERVAL):
+        while not self._stop.is_set():
+            self._wake.wait(ASSEMBLY_INTERVAL)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 completed = assemble(self.database, self.settings)
                 if completed and self.reconciler is not None:
@@ -99,6 +113,7 @@ class Node:
 
     def stop(self, grace: float = 30.0) -> None:
         self._stop.set()
+        self._wake.set()
         self.edge.stop(grace)
         if self.supervisor is not None:
             self.supervisor.stop(grace)

@@ -32,6 +32,8 @@ from dicom_node.config.values import Seconds, invalid
 PIPELINES = ("cxr-classification", "ct-lung-nodules", "ct-vertebrae")
 """The pipelines the node ships (``pipelines.registry.PIPELINE_NAMES``); plugins may add more."""
 SELECTIONS = ("thinnest", "most_instances", "first")
+COMPLETE_ON = ("quiet", "association", "commitment", "mpps")
+"""What tells a route that a study is complete (``workflow.completion``); the quiet period always does."""
 CONTENT_CHECKS = ("lungs", "spine")
 """Checks of the chosen series' pixels a route may require (``pipelines.content_checks.CHECKS``)."""
 ORIENTATIONS = ("AXIAL", "CORONAL", "SAGITTAL", "OBLIQUE")
@@ -198,6 +200,9 @@ class RouteSpec(BaseModel):
     match_any: tuple[MatchBlock, ...] = ()
     quiet_period: Seconds | None = None
     """Widens the completion window of the studies this rule may match (seconds)."""
+    complete_on: Literal["quiet", "association", "commitment", "mpps"] = "quiet"
+    """Besides the quiet period: the sender's association released (plus ``association_settle``), a
+    Storage Commitment request covering the study, or a COMPLETED MPPS whose instances are all present."""
     enabled: bool = True
     requires: tuple[str, ...] = ()
     """Content checks the chosen series must pass before the pipeline runs (else the job is skipped)."""
@@ -225,6 +230,15 @@ class RouteSpec(BaseModel):
         if not isinstance(value, str) or not value.strip():
             raise invalid(f"every route needs a pipeline name, got {value!r}")
         return value.strip()
+
+    @field_validator("complete_on", mode="before")
+    @classmethod
+    def _complete_on(cls, value: Any) -> Any:
+        if value not in COMPLETE_ON:
+            close = difflib.get_close_matches(str(value), COMPLETE_ON, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise invalid(f"complete_on is one of {', '.join(COMPLETE_ON)}, got {value!r}{hint}")
+        return value
 
     @field_validator("select", mode="before")
     @classmethod

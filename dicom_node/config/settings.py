@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     quiet_period: Seconds = 30.0
     series_quiet_period: Seconds = 10.0
     max_study_age: Seconds = 6 * 3600.0
+    association_settle: Seconds = 0.5
+    """After the sender released its association: how long no new instance may arrive before a route with
+    ``complete_on = "association"`` takes the study as complete (docs/completion.md)."""
     max_pdu: Count = 1024**2
     max_instance_bytes: Count = 4 * 1024**3
     max_associations: PositiveCount = 16

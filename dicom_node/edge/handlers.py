@@ -20,6 +20,7 @@ import logging
 import socket
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -29,6 +30,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.config import AccessPolicy
+from dicom_node.edge.commitment import CommitmentService
+from dicom_node.edge.mpps import MppsService
 from dicom_node.edge.receive import StreamingDimse
 from dicom_node.errors import (
     IndexUnavailableError,
@@ -46,6 +49,8 @@ from dicom_node.storage.ingest import Ingest, StoreResult
 LOG = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_SOP_CLASS = 0x0118
 # A-ASSOCIATE-RJ (result, source, reason), PS3.8 §9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
@@ -97,6 +102,10 @@ class EdgeHandlers:
     audit: AuditTrail
     tls: bool = False
     max_instance_bytes: int = 0
+    commitment: CommitmentService | None = None
+    mpps: MppsService | None = None
+    on_release: Callable[[int], None] | None = None
+    """Called with the audit row id of an admitted association its requester released."""
     _admitted: weakref.WeakKeyDictionary[Association, _Admission] = field(
         default_factory=weakref.WeakKeyDictionary
     )
@@ -113,6 +122,9 @@ class EdgeHandlers:
             (evt.EVT_ABORTED, self.handle_aborted),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_N_ACTION, self.handle_n_action),
+            (evt.EVT_N_CREATE, self.handle_n_create),
+            (evt.EVT_N_SET, self.handle_n_set),
         ]
 
     # --- association life cycle -------------------------------------------------------------------
@@ -237,7 +249,7 @@ class EdgeHandlers:
             extra={"association_id": record_id, "calling_ae": calling, "peer_address": address},
         )
 
-    def _close(self, assoc: Association, outcome: AssociationOutcome) -> None:
+    def _close(self, assoc: Association, outcome: AssociationOutcome) -> int | None:
         admission = self._admitted.pop(assoc, None)
         record_id = admission.record_id if admission is not None else None
         if record_id is not None:
@@ -251,9 +263,15 @@ class EdgeHandlers:
                 outcome,
                 extra={"association_id": record_id, "outcome": outcome},
             )
+        return record_id
 
     def handle_released(self, event: evt.Event) -> None:
-        self._close(event.assoc, AssociationOutcome.RELEASED)
+        record_id = self._close(event.assoc, AssociationOutcome.RELEASED)
+        if record_id is not None and self.on_release is not None:
+            try:
+                self.on_release(record_id)
+            except Exception:  # the study then completes by its quiet period
+                LOG.exception("could not record the release of association %d", record_id)
 
     def handle_aborted(self, event: evt.Event) -> None:
         self._close(event.assoc, AssociationOutcome.ABORTED)
@@ -339,6 +357,45 @@ class EdgeHandlers:
             calling_ae_title=event.assoc.requestor.ae_title.strip(),
             association_id=record_id,
         )
+
+    def _admitted_record(self, event: evt.Event, service: str) -> int | None:
+        """The audit row id of an admitted association (``NotAdmittedError`` when it was not)."""
+        admission = self._admitted.get(event.assoc)
+        if admission is None:
+            raise NotAdmittedError(f"{service} on an association the access check did not admit")
+        if admission.record_id is None:
+            try:
+                self._open_audit_row(event.assoc, admission)
+            except Exception as error:
+                raise IndexUnavailableError(f"audit trail unavailable: {service} not accepted") from error
+        return admission.record_id
+
+    def handle_n_action(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
+        try:
+            record_id = self._admitted_record(event, "Storage Commitment")
+        except IngestError as error:
+            return status_dataset(PROCESSING_FAILURE, str(error)), None
+        if self.commitment is None:
+            return status_dataset(NO_SUCH_SOP_CLASS, "Storage Commitment is not offered"), None
+        return self.commitment.handle_n_action(event, record_id)
+
+    def handle_n_create(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
+        try:
+            self._admitted_record(event, "MPPS N-CREATE")
+        except IngestError as error:
+            return status_dataset(PROCESSING_FAILURE, str(error)), None
+        if self.mpps is None:
+            return status_dataset(NO_SUCH_SOP_CLASS, "MPPS is not offered"), None
+        return self.mpps.handle_n_create(event)
+
+    def handle_n_set(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
+        try:
+            self._admitted_record(event, "MPPS N-SET")
+        except IngestError as error:
+            return status_dataset(PROCESSING_FAILURE, str(error)), None
+        if self.mpps is None:
+            return status_dataset(NO_SUCH_SOP_CLASS, "MPPS is not offered"), None
+        return self.mpps.handle_n_set(event)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no C-STORE is being handled; False if ``timeout`` ran out first."""

@@ -12,13 +12,20 @@ import ssl
 import time
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityPerformedProcedureStep,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import Settings, TlsConfig
+from dicom_node.edge.commitment import STORAGE_COMMITMENT, CommitmentService, Evidence
 from dicom_node.edge.handlers import EdgeHandlers
+from dicom_node.edge.mpps import MppsService
 from dicom_node.index.audit import AuditTrail
+from dicom_node.index.models import utcnow
 from dicom_node.storage.ingest import Ingest
+from dicom_node.workflow.completion import record_release
 
 LOG = logging.getLogger(__name__)
 
@@ -38,6 +45,10 @@ def build_ae(settings: Settings) -> AE:
     ae.require_called_aet = False
     ae.require_calling_aet = []
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    # Storage Commitment: the requester is its SCU; the node may send the N-EVENT-REPORT on the same
+    # association (the SCU's reactor serves it), so the requester may propose SCP/SCU role selection.
+    ae.add_supported_context(STORAGE_COMMITMENT, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    ae.add_supported_context(ModalityPerformedProcedureStep, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -58,9 +69,20 @@ def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
 class EdgeServer:
     """The running listener."""
 
-    def __init__(self, settings: Settings, ingest: Ingest) -> None:
+    def __init__(self, settings: Settings, ingest: Ingest, on_evidence: Evidence | None = None) -> None:
+        """``on_evidence(delay)``: completion evidence arrived; look at open studies after ``delay`` s."""
         self.settings = settings
         self.ae = build_ae(settings)
+        self.on_evidence = on_evidence
+        self.database = ingest.database
+        self.commitment = CommitmentService(
+            database=ingest.database,
+            store=ingest.store,
+            ae_title=settings.ae_title,
+            destinations=settings.destinations,
+            timeouts=settings.timeouts,
+            on_evidence=on_evidence,
+        )
         self.handlers = EdgeHandlers(
             ae_title=settings.ae_title,
             access=settings.access,
@@ -68,8 +90,18 @@ class EdgeServer:
             audit=AuditTrail(ingest.database),
             tls=settings.tls is not None,
             max_instance_bytes=settings.max_instance_bytes,
+            commitment=self.commitment,
+            mpps=MppsService(ingest.database, on_evidence),
+            on_release=self._record_release,
         )
         self.server: ThreadedAssociationServer | None = None
+
+    def _record_release(self, association_id: int) -> None:
+        with self.database.session() as session:
+            studies = record_release(session, association_id, utcnow())
+        if studies and self.on_evidence is not None:
+            # Look again once the settle time has passed (plus a little for the clock's resolution).
+            self.on_evidence(self.settings.association_settle + 0.01)
 
     def start(self) -> tuple[str, int]:
         """Start listening in background threads; returns the bound (host, port)."""
@@ -82,6 +114,7 @@ class EdgeServer:
         )
         assert server is not None
         self.server = server
+        self.commitment.start()  # also reports what a previous run left pending
         host, port = server.server_address[:2]
         LOG.info(
             "listening as %s on %s:%d%s", self.settings.ae_title, host, port, " (TLS)" if ssl_context else ""
@@ -94,6 +127,7 @@ class EdgeServer:
         if server is None:
             return
         self.server = None
+        self.commitment.stop()
         # socketserver's own shutdown stops the accept loop without touching live associations.
         super(ThreadedAssociationServer, server).shutdown()
         server.server_close()

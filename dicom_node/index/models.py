@@ -129,6 +129,9 @@ class Study(Base):
     revision: Mapped[int] = mapped_column(Integer, default=0)
     routed_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     routing_reason: Mapped[str | None] = mapped_column(Text)
+    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    """When the last association that brought instances of the study was released (completion evidence,
+    ``workflow/completion.py``; migration 0009)."""
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
 
@@ -352,3 +355,92 @@ class StudyRetention(Base):
     purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     purged_instances: Mapped[int] = mapped_column(Integer, default=0)
     purged_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CommitmentState(StrEnum):
+    PENDING = "pending"
+    REPORTED = "reported"
+    FAILED = "failed"
+
+
+class CommitmentRequest(Base):
+    """A Storage Commitment (Push Model) request: answered by an N-EVENT-REPORT (migration 0009).
+
+    ``pending`` until the report was acknowledged by the requester (on the request's association, or on
+    a new one to the destination with its AE title); kept so a restart does not lose it.
+    """
+
+    __tablename__ = "commitment_request"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(String(64), index=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    peer_address: Mapped[str] = mapped_column(String(64))
+    association_id: Mapped[int | None] = mapped_column(ForeignKey("association.id", ondelete="SET NULL"))
+    state: Mapped[str] = mapped_column(String(16), default=CommitmentState.PENDING, index=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    reported_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    error: Mapped[str | None] = mapped_column(Text)
+
+    items: Mapped[list[CommitmentItem]] = relationship(
+        back_populates="request", order_by="CommitmentItem.id", cascade="all, delete-orphan"
+    )
+
+
+class CommitmentItem(Base):
+    """One referenced instance of a commitment request; ``failure_reason`` is None when committed."""
+
+    __tablename__ = "commitment_item"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("commitment_request.id", ondelete="CASCADE"), index=True
+    )
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    failure_reason: Mapped[int | None] = mapped_column(Integer)
+    """0x0112 no such object instance, 0x0119 class/instance conflict, 0x0110 processing failure."""
+
+    request: Mapped[CommitmentRequest] = relationship(back_populates="items")
+
+
+class MppsState(StrEnum):
+    IN_PROGRESS = "IN PROGRESS"
+    COMPLETED = "COMPLETED"
+    DISCONTINUED = "DISCONTINUED"
+
+
+class PerformedProcedureStep(Base):
+    """A Modality Performed Procedure Step the node received (N-CREATE, N-SET; migration 0009)."""
+
+    __tablename__ = "mpps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default=MppsState.IN_PROGRESS, index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    instances: Mapped[list[PerformedInstance]] = relationship(
+        back_populates="step", order_by="PerformedInstance.id", cascade="all, delete-orphan"
+    )
+
+
+class PerformedInstance(Base):
+    """An instance an MPPS lists (Performed Series Sequence > Referenced Image / Non-Image Sequence)."""
+
+    __tablename__ = "mpps_instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mpps_id: Mapped[int] = mapped_column(ForeignKey("mpps.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+
+    step: Mapped[PerformedProcedureStep] = relationship(back_populates="instances")

@@ -2,7 +2,9 @@
 
 Kept entirely in the database so a restart loses no partial study. A study is ``complete`` once no
 instance arrived for its window (``quiet_period``, or the longest ``quiet_period`` of the routes that
-match it), or once it is older than ``max_study_age`` whatever keeps arriving (a forced close). A later
+match it), or earlier when the completion evidence every such route accepts holds (``complete_on``:
+association released, Storage Commitment, MPPS; ``workflow.completion``), or once it is older than
+``max_study_age`` whatever keeps arriving (a forced close). A later
 instance re-opens it as ``updated``; when that is quiet again it is ``complete`` with ``revision`` + 1,
 which is what later stages compare to decide whether to run again.
 """
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session
 from dicom_node.config import Settings
 from dicom_node.index.database import Database
 from dicom_node.index.models import Series, SeriesState, Study, StudyState, utcnow
+from dicom_node.workflow.completion import early_completion
 from dicom_node.workflow.routing import Route, compile_routes
 
 LOG = logging.getLogger(__name__)
@@ -32,6 +35,8 @@ class CompletedStudy:
     study_instance_uid: str
     revision: int
     forced: bool
+    evidence: str = "quiet"
+    """What completed it: ``quiet``, ``max_study_age`` or the ``complete_on`` evidence that held."""
 
 
 def study_window(study: Study, settings: Settings, routes: Sequence[Route] | None = None) -> float:
@@ -69,8 +74,12 @@ def assemble(database: Database, settings: Settings, now: datetime | None = None
             quiet = (now - study.last_received_at).total_seconds()
             age = (now - study.first_received_at).total_seconds()
             forced = age >= settings.max_study_age
+            evidence = "max_study_age" if forced else "quiet"
             if quiet < study_window(study, settings, routes) and not forced:
-                continue
+                early = early_completion(session, study, routes, settings.association_settle, now)
+                if early is None:
+                    continue
+                evidence = early
             study.state = StudyState.COMPLETE
             study.completed_at = now
             study.revision += 1
@@ -80,12 +89,16 @@ def assemble(database: Database, settings: Settings, now: datetime | None = None
                     if series.state == SeriesState.RECEIVING:
                         series.state = SeriesState.STABLE
                         series.stable_at = now
-            completed.append(CompletedStudy(study.study_instance_uid, study.revision, forced))
+            completed.append(CompletedStudy(study.study_instance_uid, study.revision, forced, evidence))
             LOG.info(
-                "study %s complete (revision %d%s)",
+                "study %s complete (revision %d, by %s)",
                 study.study_instance_uid,
                 study.revision,
-                ", forced by max_study_age" if forced else "",
-                extra={"study_instance_uid": study.study_instance_uid, "revision": study.revision},
+                evidence,
+                extra={
+                    "study_instance_uid": study.study_instance_uid,
+                    "revision": study.revision,
+                    "evidence": evidence,
+                },
             )
     return completed

@@ -133,6 +133,8 @@ class Route:
     calling_ae_titles: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     """Content checks of the chosen series before the pipeline runs (``jobs.content``)."""
+    complete_on: str = "quiet"
+    """The completion evidence this rule accepts besides its quiet period (``workflow.completion``)."""
 
     def may_match(self, study: Study) -> bool:
         """Whether the study's modalities and calling AE allow this rule (study-level, any case)."""
@@ -200,6 +202,7 @@ def _compile(spec: RouteSpec) -> Route:
         modalities=spec.match.modality or (),
         calling_ae_titles=spec.match.calling_ae or (),
         requires=spec.requires,
+        complete_on=spec.complete_on,
     )
 
 
