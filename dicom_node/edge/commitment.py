@@ -304,7 +304,7 @@ class CommitmentService:
 
     def _send_on(self, assoc: Association, event_type: int, info: Dataset) -> str | None:
         try:
-            status = assoc.send_n_event_report(
+            status, _reply = assoc.send_n_event_report(
                 info, event_type, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
             )
         except Exception as error:  # the association ended or has no context for it
