@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
-from sqlalchemy import select
+from pynetdicom.pdu_primitives import A_RELEASE
+from sqlalchemy import select, update
 
 from dicom_node.config import Destination, DimseTimeouts
 from dicom_node.index.database import Database
@@ -60,6 +62,10 @@ INVALID_OBJECT_INSTANCE = 0x0117
 MAX_ATTEMPTS = 8
 RETRY_BASE = 2.0
 POLL_INTERVAL = 1.0
+RELEASE_GRACE = 0.1
+"""How long after the N-ACTION the reporter looks whether the requester is releasing its association."""
+SAME_ASSOCIATION_WAIT = 5.0
+"""How long a requester that kept its association open may take to answer the report there."""
 
 Evidence = Callable[[float], None]
 """Called with a delay in seconds when new completion evidence may let a study complete."""
@@ -234,6 +240,13 @@ class CommitmentService:
 
     # --- reporting --------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the reporter; what a previous run left pending is due at once."""
+        with self.database.session() as session:
+            session.execute(
+                update(CommitmentRequest)
+                .where(CommitmentRequest.state == CommitmentState.PENDING)
+                .values(next_attempt_at=None)
+            )
         self._thread = threading.Thread(target=self._loop, name="commitment-reporter", daemon=True)
         self._thread.start()
 
@@ -284,8 +297,8 @@ class CommitmentService:
             ref = self._live.pop(request_id, None)
         assoc = ref() if ref is not None else None
         error: str | None = None
-        if assoc is not None and assoc.is_established:
-            error = self._send_on(assoc, event_type, info)
+        if assoc is not None and self._still_open(assoc):
+            error = self._send_on(assoc, event_type, info, timeout=SAME_ASSOCIATION_WAIT)
             if error is None:
                 self._finish(request_id, "the request's association")
                 return
@@ -302,13 +315,30 @@ class CommitmentService:
                 return
         self._retry(request_id, error)
 
-    def _send_on(self, assoc: Association, event_type: int, info: Dataset) -> str | None:
+    @staticmethod
+    def _still_open(assoc: Association) -> bool:
+        """Whether the requester keeps its association open: it did not ask to release it.
+
+        Most requesters release right after the N-ACTION response; give that A-RELEASE-RQ a moment to
+        arrive, and look at it without taking it off the queue (the association's own thread answers it).
+        """
+        time.sleep(RELEASE_GRACE)
+        return bool(assoc.is_established) and not isinstance(assoc.dul.peek_next_pdu(), A_RELEASE)
+
+    def _send_on(
+        self, assoc: Association, event_type: int, info: Dataset, timeout: float | None = None
+    ) -> str | None:
+        previous = assoc.dimse_timeout
+        if timeout is not None:
+            assoc.dimse_timeout = min(timeout, previous or timeout)
         try:
             status, _reply = assoc.send_n_event_report(
                 info, event_type, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
             )
         except Exception as error:  # the association ended or has no context for it
             return f"report on the request's association failed: {error}"
+        finally:
+            assoc.dimse_timeout = previous
         code = getattr(status, "Status", None)
         return None if code == SUCCESS else f"requester answered status {code!r}"
 
