@@ -222,7 +222,8 @@ def test_pending_report_survives_a_restart_of_serve(tmp_path):
     report_port, port = free_port(), free_port()
     config = tmp_path / "node.toml"
     config.write_text(
-        f'[[destinations]]\nname = "modality"\nae_title = "{CALLING}"\nhost = "127.0.0.1"\nport = {report_port}\n'
+        f'[[destinations]]\nname = "modality"\nae_title = "{CALLING}"\n'
+        f'host = "127.0.0.1"\nport = {report_port}\n'
     )
     # The serve processes run this checkout's code (the shared virtualenv may point elsewhere).
     env = {"DICOM_NODE_CONFIG": str(config), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
