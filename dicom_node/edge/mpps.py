@@ -104,7 +104,8 @@ class MppsService:
         try:
             return self._create(event, calling)
         except StepError as error:
-            LOG.warning("refused MPPS N-CREATE from %s: 0x%04X %s", calling, error.status, error)
+            uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+            LOG.warning("refused MPPS N-CREATE %s from %s: 0x%04X %s", uid, calling, error.status, error)
             return status_dataset(error.status, str(error)), None
 
     def _create(self, event: evt.Event, calling: str) -> tuple[int | Dataset, Dataset | None]:
@@ -122,7 +123,7 @@ class MppsService:
             if session.scalar(
                 select(PerformedProcedureStep.id).where(PerformedProcedureStep.sop_instance_uid == uid)
             ):
-                raise StepError(DUPLICATE_SOP_INSTANCE, f"MPPS {uid} exists already")
+                raise StepError(DUPLICATE_SOP_INSTANCE, "an MPPS with this SOP Instance UID exists already")
             step = PerformedProcedureStep(
                 sop_instance_uid=uid,
                 state=state,
@@ -147,7 +148,8 @@ class MppsService:
         try:
             return self._set(event, calling)
         except StepError as error:
-            LOG.warning("refused MPPS N-SET from %s: 0x%04X %s", calling, error.status, error)
+            uid = str(getattr(event.request, "RequestedSOPInstanceUID", "") or "")
+            LOG.warning("refused MPPS N-SET %s from %s: 0x%04X %s", uid, calling, error.status, error)
             return status_dataset(error.status, str(error)), None
 
     def _set(self, event: evt.Event, calling: str) -> tuple[int | Dataset, Dataset | None]:
@@ -161,9 +163,9 @@ class MppsService:
                 select(PerformedProcedureStep).where(PerformedProcedureStep.sop_instance_uid == uid)
             )
             if step is None:
-                raise StepError(NO_SUCH_OBJECT_INSTANCE, f"no MPPS {uid}")
+                raise StepError(NO_SUCH_OBJECT_INSTANCE, "no MPPS with this SOP Instance UID")
             if step.state != MppsState.IN_PROGRESS:
-                raise StepError(PROCESSING_FAILURE, f"MPPS {uid} is {step.state}: no more updates")
+                raise StepError(PROCESSING_FAILURE, f"the MPPS is {step.state} and may no longer be updated")
             if listed is not None:
                 step.instances.clear()
                 session.flush()
