@@ -102,7 +102,17 @@ def _radiograph(folder: Path, untrained: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     from bench.pipelines import synthetic_radiograph
 
-    return synthetic_radiograph(folder, size=512)
+    path = synthetic_radiograph(folder, size=512)
+    # The patient and study module the writers copy into every result (the oracle's DX has them).
+    header = dcmread(make_dx_study(folder / "header")[1][0], stop_before_pixels=True)
+    ds = dcmread(path)
+    for element in header:
+        if element.tag.group in (0x0008, 0x0010, 0x0020) and element.tag not in ds:
+            ds[element.tag] = element
+    for keyword in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "StudyID"):
+        setattr(ds, keyword, getattr(ds, keyword, ""))
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def _item(path: Path) -> Dataset:
@@ -229,6 +239,11 @@ def run(
                 study_uid, acked = send(node.port, path, mode)
                 timings.append(measure(node, study_uid, acked, 60 + quiet))
             results[mode] = Timing({s: statistics.median(t.stages[s] for t in timings) for s in STAGES})
+    except Exception:
+        print(node.log("serve.log"), file=sys.stderr)
+        for job in node.rows(Job):
+            print(f"job {job.id} {job.pipeline} {job.state}: {job.error}", file=sys.stderr)
+        raise
     finally:
         node.stop()
         pacs.stop()
