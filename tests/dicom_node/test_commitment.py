@@ -123,8 +123,10 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_report_on_the_same_association_lists_committed_and_unknown(make_settings, run_node, tmp_path):
-    node = run_node(make_settings(quiet_period=3600.0, routes=(CT_ROUTE,)))
+def test_report_on_the_same_association_lists_committed_and_unknown(
+    make_settings, run_node, database_url, tmp_path
+):
+    node = run_node(make_settings(quiet_period=3600.0, routes=(CT_ROUTE,), database_url=database_url))
     paths = write_ct_series(tmp_path / "ct", 2, rows=32, columns=32)
     study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
     reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
@@ -147,7 +149,7 @@ def test_report_on_the_same_association_lists_committed_and_unknown(make_setting
 
 
 def test_class_mismatch_and_bad_requests(make_settings, run_node, tmp_path):
-    node = run_node(make_settings(quiet_period=3600.0))
+    node = run_node(make_settings(quiet_period=3600.0, routes=(CT_ROUTE,)))
     paths = write_ct_series(tmp_path / "ct", 1, rows=32, columns=32)
     uid = next(iter(_uids(paths)))
     reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
@@ -183,6 +185,11 @@ def test_class_mismatch_and_bad_requests(make_settings, run_node, tmp_path):
     # Nothing was recorded of the refused requests; the study is not complete by a failed commitment.
     with node.database.sessions() as session:
         assert len(session.scalars(select(CommitmentRequest)).all()) == 1
+    study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    deadline = time.monotonic() + 1.5  # the assembler's pass runs every second
+    while time.monotonic() < deadline:
+        assert _study_state(node.database, study_uid) == "receiving"
+        time.sleep(0.1)
 
 
 class ReportReceiver:

@@ -119,9 +119,9 @@ def _completed(paths: list[Path], status: str = "COMPLETED") -> Dataset:
 
 
 def test_mpps_completed_completes_the_study_once_every_listed_instance_is_present(
-    make_settings, run_node, tmp_path
+    make_settings, run_node, database_url, tmp_path
 ):
-    node = run_node(make_settings(quiet_period=3600.0, routes=(_route("mpps"),)))
+    node = run_node(make_settings(quiet_period=3600.0, routes=(_route("mpps"),), database_url=database_url))
     paths = write_ct_series(tmp_path / "ct", 3, rows=32, columns=32)
     study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
     mpps_uid = generate_uid()
@@ -189,9 +189,16 @@ def test_mpps_bad_status_is_refused(make_settings, run_node):
 # --- association release ------------------------------------------------------------------------
 
 
-def test_release_plus_settle_completes_and_a_late_instance_reopens(make_settings, run_node, tmp_path):
+def test_release_plus_settle_completes_and_a_late_instance_reopens(
+    make_settings, run_node, database_url, tmp_path
+):
     node = run_node(
-        make_settings(quiet_period=3600.0, association_settle=0.3, routes=(_route("association"),))
+        make_settings(
+            quiet_period=3600.0,
+            association_settle=0.3,
+            routes=(_route("association"),),
+            database_url=database_url,
+        )
     )
     paths = write_ct_series(tmp_path / "ct", 3, rows=32, columns=32)
     study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
