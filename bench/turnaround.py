@@ -213,7 +213,7 @@ def measure(node: NodeUnderTest, study_uid: str, acked: datetime, timeout: float
 
 
 def run(
-    pipeline: str, modes: list[str], runs: int, quiet: float, settle: float, root: Path
+    pipeline: str, modes: list[str], runs: int, quiet: float, settle: float, root: Path, broker: str
 ) -> dict[str, Timing]:
     models_dir = None
     if pipeline == "untrained":
