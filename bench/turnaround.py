@@ -266,8 +266,8 @@ def main() -> None:
     os.environ["TCP_NODELAY"] = "1"
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     print(
-        f"{os.cpu_count()} CPUs; quiet_period {args.quiet_period} s, association_settle {args.settle} s; "
-        f"medians of {args.runs} runs, seconds"
+        f"{os.cpu_count()} CPUs; broker {args.broker_url or 'embedded filesystem://'}; quiet_period "
+        f"{args.quiet_period} s, association_settle {args.settle} s; medians of {args.runs} runs, seconds"
     )
     for pipeline in [p.strip() for p in args.pipelines.split(",") if p.strip()]:
         with tempfile.TemporaryDirectory(prefix="turnaround-") as tmp:
