@@ -53,11 +53,12 @@ def serve(
     settings = settings_or_exit(
         config, ae_title=ae_title, host=host, port=port, data_dir=data_dir, log_format=log_format
     )
-    if metrics_port is not None:
+    if metrics_port is not None or settings.dicomweb.enabled:
         from dicom_node.ops.multiprocess import use_metrics_folder
 
         # Before the node (and prometheus_client) is imported: serve, its embedded worker and the
-        # worker's pool processes all write their metrics there, and /metrics sums them.
+        # worker's pool processes all write their metrics there, and /metrics sums them. With DICOMweb
+        # on, `dicom-node status` reads its request counts from there too.
         use_metrics_folder(settings.data_dir / "metrics")
     from dicom_node.node import Node
 
@@ -89,6 +90,8 @@ def serve(
         )
     else:
         errors.print(started)
+    if node.web is not None and settings.log_format != "json":
+        errors.print(f"DICOMweb on {node.web.url}")
     node.run_until_signalled(settings.shutdown_grace)
 
 

@@ -14,6 +14,7 @@ Counters (``_total`` is added on exposition):
 * ``dicom_node_received_instances{outcome=stored|duplicate|replaced, source=received|result}``;
 * ``dicom_node_refused_instances{status, reason}`` — C-STORE requests answered with a failure status;
 * ``dicom_node_refused_associations{reason=address|calling_ae_title|called_ae_title}``;
+* ``dicom_node_dicomweb_requests{service=qido|wado|stow|other, status}`` — HTTP requests answered;
 * ``dicom_node_jobs_finished{pipeline, outcome=succeeded|failed|skipped|retried}``;
 * ``dicom_node_delivery_attempts{destination}``, ``dicom_node_delivery_failures{destination}`` (failed
   attempts) and ``dicom_node_deliveries_finished{destination, outcome=delivered|failed}``.
@@ -64,6 +65,9 @@ REFUSED_INSTANCES = Counter(
 )
 REFUSED_ASSOCIATIONS = Counter(
     "dicom_node_refused_associations", "Associations rejected by the access checks.", ["reason"]
+)
+DICOMWEB_REQUESTS = Counter(
+    "dicom_node_dicomweb_requests", "DICOMweb HTTP requests answered.", ["service", "status"]
 )
 JOBS_FINISHED = Counter(
     "dicom_node_jobs_finished",
