@@ -210,6 +210,9 @@ class DicomWebSettings(Table):
     """HTTPS with this certificate; with ``require_client_certificate``, mutual TLS."""
     max_request_bytes: PositiveCount = 2 * 1024**3
     """The largest STOW-RS request body accepted (413 above it)."""
+    public_url: str | None = None
+    """The DICOMweb root as clients reach it (``https://pacs.example.org/dicom-web``), for the
+    BulkDataURIs and RetrieveURLs in responses behind a reverse proxy; absent: from each request."""
 
     @model_validator(mode="after")
     def _identifies_clients(self) -> DicomWebSettings:

@@ -64,7 +64,18 @@ def _dicom_json(body: Any, status: int = 200) -> Response:
 
 
 def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + PREFIX
+    """The URL BulkDataURIs and RetrieveURLs start with: ``[dicomweb] public_url``, else this request's.
+
+    A Host header without a port (dicomweb-client sends one) gets the port the request came in on.
+    """
+    public: str | None = request.app.state.public_url
+    if public:
+        return public.rstrip("/")
+    base = request.base_url
+    server = request.scope.get("server")
+    if base.port is None and server and server[1] not in (80, 443):
+        base = base.replace(port=int(server[1]))
+    return str(base).rstrip("/") + PREFIX
 
 
 class DicomWeb:
@@ -375,4 +386,5 @@ def build_app(
     ]
     app = Starlette(routes=routes, middleware=middleware)
     app.state.max_request_bytes = settings.max_request_bytes
+    app.state.public_url = settings.public_url
     return app

@@ -35,13 +35,17 @@ FRAME_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.70": "image/jpeg",
     "1.2.840.10008.1.2.4.80": "image/jls",
     "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2k",
-    "1.2.840.10008.1.2.4.91": "image/jp2k",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
     "1.2.840.10008.1.2.4.201": "image/jphc",
     "1.2.840.10008.1.2.4.202": "image/jphc",
     "1.2.840.10008.1.2.4.203": "image/jphc",
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
+# Names clients also send for the same media types (older editions of PS3.18, x- prefixes).
+ALIASES = {"image/jp2k": "image/jp2", "image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class MediaRange:
     quality: float
 
     def accepts(self, media_type: str) -> bool:
-        wanted = self.media_type
+        wanted = ALIASES.get(self.media_type, self.media_type)
         if wanted in ("*/*", "*"):
             return True
         if wanted.endswith("/*"):
@@ -87,7 +91,7 @@ def default_syntax(media_type: str) -> str:
     if media_type in (DICOM, OCTET_STREAM):
         return str(ExplicitVRLittleEndian)
     for syntax, kind in FRAME_MEDIA_TYPES.items():
-        if kind == media_type:
+        if kind == ALIASES.get(media_type, media_type):
             return syntax
     return ANY_SYNTAX
 

@@ -84,13 +84,14 @@ def store_parts(
     """Store each ``application/dicom`` part; the others are refused one by one."""
     outcome = StowOutcome()
     for index, part in enumerate(parts, start=1):
-        sop_class = sop_instance = ""
+        seen: dict[str, str] = {}
         try:
             if part.content_type not in ("", "application/dicom"):
                 raise UnreadableDatasetError(f"part {index} is {part.content_type}, not application/dicom")
-            sop_class, sop_instance, path = _store_one(ingest, part, caller, study_instance_uid)
-            outcome.stored.append((sop_class, sop_instance, path))
+            path = _store_one(ingest, part, caller, study_instance_uid, seen)
+            outcome.stored.append((seen["class"], seen["instance"], path))
         except IngestError as error:
+            sop_class, sop_instance = seen.get("class", ""), seen.get("instance", "")
             status = error.status if not isinstance(error, _StudyMismatch) else STUDY_MISMATCH
             outcome.failed.append((sop_class, sop_instance, status, str(error)))
             REFUSED_INSTANCES.labels(status=f"0x{status:04X}", reason="stow").inc()
@@ -109,7 +110,8 @@ class _StudyMismatch(InvalidIdentifierError):
     """The instance belongs to another study than the one the request was POSTed to."""
 
 
-def _store_one(ingest: Ingest, part: Part, caller: str, study: str | None) -> tuple[str, str, str]:
+def _store_one(ingest: Ingest, part: Part, caller: str, study: str | None, seen: dict[str, str]) -> str:
+    """Store one part; its retrieve path. ``seen`` gets its SOP Class and Instance UIDs once read."""
     data = part.body
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
         raise UnreadableDatasetError("not a DICOM Part 10 file: no DICM prefix at byte 128")
@@ -125,6 +127,7 @@ def _store_one(ingest: Ingest, part: Part, caller: str, study: str | None) -> tu
     sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "").rstrip("\x00 ")
     sop_instance = str(meta.get("MediaStorageSOPInstanceUID", "") or "").rstrip("\x00 ")
     syntax = str(meta.get("TransferSyntaxUID", "") or "").rstrip("\x00 ")
+    seen.update({"class": sop_class, "instance": sop_instance})
     if not (sop_class and sop_instance and syntax):
         raise InvalidIdentifierError("the File Meta Information lacks its SOP Class, Instance or syntax")
     header = PREAMBLE + file_meta(sop_class, sop_instance, syntax, caller[:16])
@@ -142,8 +145,7 @@ def _store_one(ingest: Ingest, part: Part, caller: str, study: str | None) -> tu
         ingest.store_file(received, tmp_path, written, calling_ae_title=caller[:16])
     finally:
         ingest.store.discard(tmp_path)
-    path = (
+    return (
         f"/studies/{received.study_instance_uid}/series/{received.series_instance_uid}"
         f"/instances/{received.sop_instance_uid}"
     )
-    return sop_class, sop_instance, path
