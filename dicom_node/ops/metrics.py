@@ -36,6 +36,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
@@ -184,6 +185,26 @@ def scrape_registry(
     if database is not None:
         registry.register(StateCollector(database, queue_depths))
     return registry
+
+
+def dicomweb_requests(folder: Path) -> dict[str, dict[str, int]]:
+    """DICOMweb requests answered since ``serve`` started, by service and by status, from the metric
+    files of its folder (``<data_dir>/metrics``: ``serve`` keeps them there while DICOMweb is on)."""
+    counts: dict[str, dict[str, int]] = {"by_service": {}, "by_status": {}}
+    if not folder.is_dir():
+        return counts
+    registry = CollectorRegistry(auto_describe=False)
+    multiprocess.MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]
+    for metric in registry.collect():
+        if metric.name != "dicom_node_dicomweb_requests":
+            continue
+        for sample in metric.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            for label, table in (("service", "by_service"), ("status", "by_status")):
+                key = sample.labels[label]
+                counts[table][key] = counts[table].get(key, 0) + int(sample.value)
+    return counts
 
 
 class MetricsServer:
