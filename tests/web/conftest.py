@@ -47,7 +47,7 @@ class WebNode:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def headers(self, name: str = "viewer") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[name]}"}
+        return {"Authorization": f"Bearer {self.tokens[name]}"} if self.tokens else {}
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
@@ -59,10 +59,11 @@ class WebNode:
             DICOM_NODE_LOG_LEVEL="INFO",
             DICOM_NODE_DICOMWEB__ENABLED="true",
             DICOM_NODE_DICOMWEB__PORT=str(self.web_port),
-            DICOM_NODE_DICOMWEB__TOKEN_FILE=str(self.root / "tokens"),
             DICOM_NODE_DICOMWEB__CORS_ORIGINS="http://viewer.example",
-            **extra,
         )
+        if self.tokens:
+            env["DICOM_NODE_DICOMWEB__TOKEN_FILE"] = str(self.root / "tokens")
+        env.update(extra)
         return env
 
     def start(self, **env: str) -> None:
@@ -110,13 +111,16 @@ class WebNode:
             stop_serve(self.process)
 
 
-def make_web_node(root: Path) -> WebNode:
+def make_web_node(root: Path, *, tokens: bool = True) -> WebNode:
+    """A node's folder; with ``tokens``, a token file naming ``viewer`` and ``MODALITY``."""
     root.mkdir(parents=True, exist_ok=True)
-    tokens = {"viewer": secrets.token_urlsafe(24), "MODALITY": secrets.token_urlsafe(24)}
+    if not tokens:
+        return WebNode(root, free_port(), free_port(), {})
+    named = {"viewer": secrets.token_urlsafe(24), "MODALITY": secrets.token_urlsafe(24)}
     (root / "tokens").write_text(
-        "# name:token\n" + "".join(f"{name}:{token}\n" for name, token in tokens.items()), encoding="utf-8"
+        "# name:token\n" + "".join(f"{name}:{token}\n" for name, token in named.items()), encoding="utf-8"
     )
-    return WebNode(root, free_port(), free_port(), tokens)
+    return WebNode(root, free_port(), free_port(), named)
 
 
 @pytest.fixture(scope="module")
