@@ -282,7 +282,7 @@ def main() -> int:
                 try:
                     outcome = check(viewer, str(found["series"]), shot)
                 except WebDriverException as error:
-                    outcome = {"series": found["series"], "status": f"CHECK_ERROR: {error.msg}"}
+                    outcome = {**found, "status": f"CHECK_ERROR: {error.msg}"}
                 entry["objects"].append(outcome)  # type: ignore[attr-defined]
                 if outcome["status"] != "DISPLAYED":
                     status = max(status, 1)
