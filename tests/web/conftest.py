@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -66,11 +67,30 @@ class WebNode:
         env.update(extra)
         return env
 
-    def start(self, **env: str) -> None:
+    def start(self, probe: bool = True, **env: str) -> None:
+        """Start serve; with ``probe``, wait until DICOMweb answers plain HTTP."""
         handle = self.log_path.open("ab")
         command = [*CLI, "serve", "--host", "127.0.0.1", "--port", str(self.dicom_port), "--no-worker"]
         self.process = subprocess.Popen(command, env=self.env(**env), stdout=handle, stderr=subprocess.STDOUT)
         handle.close()
+        if probe:
+            self._wait_for_http()
+
+    def wait_for_port(self) -> None:
+        """Wait until the DICOMweb port accepts connections (for HTTPS, where a plain probe fails)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"serve exited with {self.process.returncode}: {self.log()}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.web_port)) == 0:
+                    return
+            time.sleep(0.1)
+        pytest.fail(f"DICOMweb did not listen: {self.log()}")
+
+    def _wait_for_http(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
