@@ -1,8 +1,9 @@
 """C-FIND attribute matching (PS3.4 §C.2.2.2) over data sets, as QIDO-RS asks it (PS3.18 §8.3.4).
 
 Single value matching (exact; Person Name case-insensitively), wildcards ``*`` and ``?``, lists of UIDs
-(``,`` in a QIDO query, ``\\`` in C-FIND), ranges of dates and times (``a-b``, ``a-``, ``-b``) and
-universal matching (an empty value). An element with several values matches if one of them does.
+(``,`` in a QIDO query, ``\\`` in C-FIND) and of other values (``ModalitiesInStudy=CT\\MR``), ranges
+of dates and times (``a-b``, ``a-``, ``-b``) and universal matching (an empty value). An element with
+several values matches if one of them does.
 
 This module is the small interface QIDO-RS needs (a key and a value → does this data set match); the
 query engine of the DICOM C-FIND SCP takes its place when it lands (see docs/dicomweb.md).
@@ -44,6 +45,8 @@ class Key:
         return any(self._one(str(v)) for v in values)
 
     def _one(self, actual: str) -> bool:
+        if self.vr != UID_VR and "\\" in self.value:  # a list of values (C-FIND's backslashes)
+            return any(Key(self.tag, self.keyword, self.vr, v)._one(actual) for v in self.value.split("\\"))
         wanted = self.value
         if self.vr == UID_VR:
             return actual in re.split(r"[,\\]", wanted)

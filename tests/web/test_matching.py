@@ -38,6 +38,8 @@ def _ds() -> Dataset:
         ("StudyTime", "1000-1015", True),  # a bound matches at its own precision
         ("StudyTime", "1016-", False),
         ("ModalitiesInStudy", "SEG", True),  # any value of a multi-valued element
+        ("ModalitiesInStudy", "MR\\CT", True),  # a list of values
+        ("PatientName", "Smith*\\doe^*", True),
         ("StudyDescription", "x*", False),  # empty matches only universally
         ("AccessionNumber", "A1", False),  # absent likewise
         ("00100020", "ID-7", True),  # by tag
