@@ -12,7 +12,8 @@ gauges are read from the index at scrape time, as indexed COUNTs of non-terminal
 Counters (``_total`` is added on exposition):
 
 * ``dicom_node_received_instances{outcome=stored|duplicate|replaced, source=received|result}``;
-* ``dicom_node_refused_instances{status, reason}`` — C-STORE requests answered with a failure status;
+* ``dicom_node_refused_instances{status, reason}`` — C-STORE requests answered with a failure status
+  (and STOW-RS parts refused, ``reason="stow"``);
 * ``dicom_node_refused_associations{reason=address|calling_ae_title|called_ae_title}``;
 * ``dicom_node_dicomweb_requests{service=qido|wado|stow|other, status}`` — HTTP requests answered;
 * ``dicom_node_jobs_finished{pipeline, outcome=succeeded|failed|skipped|retried}``;
