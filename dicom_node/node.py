@@ -18,6 +18,7 @@ from dicom_node.ops.metrics import MetricsServer
 from dicom_node.storage.ingest import Ingest
 from dicom_node.storage.recovery import RecoveryReport, check_store_present, recover
 from dicom_node.storage.store import InstanceStore
+from dicom_node.web.server import WebServer
 from dicom_node.workflow.assembly import CompletedStudy, assemble
 
 LOG = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class Node:
     task name (``dicom_node.jobs.celery_app``; no pipeline code is imported here).
     ``embedded_worker`` also starts and supervises worker subprocesses on the same broker (one for
     analysis, one for delivery: ``jobs.embedded``);
-    ``metrics_port`` serves Prometheus metrics.
+    ``metrics_port`` serves Prometheus metrics; ``[dicomweb] enabled`` starts the DICOMweb listener
+    (``web.server``) on the same index, store and ingest as the edge.
     """
 
     def __init__(
@@ -54,6 +56,9 @@ class Node:
         self.store = InstanceStore(settings.storage_root, min_free_bytes=settings.min_free_bytes)
         self.ingest = Ingest(self.store, self.database)
         self.edge = EdgeServer(settings, self.ingest, on_evidence=self.look_again)
+        self.web: WebServer | None = None
+        if settings.dicomweb.enabled:
+            self.web = WebServer(settings.dicomweb, settings.access, self.database, self.store, self.ingest)
         self.on_complete = on_complete
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -74,6 +79,12 @@ class Node:
     def start(self) -> RecoveryReport:
         report = recover(self.ingest, self.edge.handlers.audit)
         self.address = self.edge.start()
+        if self.web is not None:
+            try:
+                self.web.start()
+            except BaseException:
+                self.edge.stop(0)
+                raise
         if self.reconciler is not None:
             self.reconciler.start()
         if self.supervisor is not None:
@@ -114,6 +125,8 @@ class Node:
     def stop(self, grace: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
+        if self.web is not None:
+            self.web.stop()
         self.edge.stop(grace)
         if self.supervisor is not None:
             self.supervisor.stop(grace)

@@ -26,6 +26,7 @@ from dicom_node.cli.support import (
     open_database,
     settings_or_exit,
 )
+from dicom_node.config import Settings
 from dicom_node.errors import DicomNodeError
 from dicom_node.index.database import Database
 from dicom_node.index.models import Instance, Series, Study
@@ -53,11 +54,12 @@ def serve(
     settings = settings_or_exit(
         config, ae_title=ae_title, host=host, port=port, data_dir=data_dir, log_format=log_format
     )
-    if metrics_port is not None:
+    if metrics_port is not None or settings.dicomweb.enabled:
         from dicom_node.ops.multiprocess import use_metrics_folder
 
         # Before the node (and prometheus_client) is imported: serve, its embedded worker and the
-        # worker's pool processes all write their metrics there, and /metrics sums them.
+        # worker's pool processes all write their metrics there, and /metrics sums them. With DICOMweb
+        # on, `dicom-node status` reads its request counts from there too.
         use_metrics_folder(settings.data_dir / "metrics")
     from dicom_node.node import Node
 
@@ -89,6 +91,8 @@ def serve(
         )
     else:
         errors.print(started)
+    if node.web is not None and settings.log_format != "json":
+        errors.print(f"DICOMweb on {node.web.url}")
     node.run_until_signalled(settings.shutdown_grace)
 
 
@@ -112,6 +116,20 @@ def status_document(database: Database) -> dict[str, Any]:
     }
 
 
+def _dicomweb_status(settings: Settings) -> dict[str, Any]:
+    """``[dicomweb]`` and the requests the running ``serve`` answered (its metric files)."""
+    web = settings.dicomweb
+    document: dict[str, Any] = {"enabled": web.enabled, "host": web.host, "port": web.port}
+    if web.enabled:
+        from dicom_node.ops.metrics import dicomweb_requests
+
+        counts = dicomweb_requests(settings.data_dir / "metrics")
+        document["requests"] = counts["by_service"]
+        document["by_status"] = counts["by_status"]
+        document["total"] = sum(counts["by_service"].values())
+    return document
+
+
 @app.command()
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Show what the node holds and what it is doing."""
@@ -119,6 +137,7 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     database = open_database(settings)
     document = status_document(database)
     document.update(status_extras(settings, database))
+    document["dicomweb"] = _dicomweb_status(settings)
     document["destinations"] = [
         {"name": d.name, "ae_title": d.ae_title, "host": d.host, "port": d.port}
         for d in settings.destinations
@@ -134,6 +153,10 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     table.add_row("stored", f"{document['bytes'] / 1e6:.1f} MB")
     table.add_row("last received", document["last_received_at"] or "never")
     table.add_row("index", f"{document['database']} (schema {document['schema_revision']})")
+    web = document["dicomweb"]
+    if web["enabled"]:
+        served = ", ".join(f"{k} {v}" for k, v in sorted(web["requests"].items())) or "none yet"
+        table.add_row("dicomweb", f"{web['host']}:{web['port']}: {web['total']} requests ({served})")
     for d in document["destinations"]:
         table.add_row(f"destination {d['name']}", f"{d['ae_title']}@{d['host']}:{d['port']}")
     for row in document.get("pipelines", []):

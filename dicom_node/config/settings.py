@@ -25,6 +25,7 @@ from dicom_node.config.tables import (
     AccessPolicy,
     AnalysisSettings,
     Destination,
+    DicomWebSettings,
     DimseTimeouts,
     JobSettings,
     TlsConfig,
@@ -87,6 +88,7 @@ class Settings(BaseSettings):
     retention_days: Days = 0.0
     jobs: JobSettings = JobSettings()
     analysis: AnalysisSettings = AnalysisSettings()
+    dicomweb: DicomWebSettings = DicomWebSettings()
     routes: tuple[RouteSpec, ...] = ()
     """Empty: the shipped ``workflow.routing.DEFAULT_ROUTES`` apply."""
 

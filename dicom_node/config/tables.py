@@ -1,4 +1,5 @@
-"""The tables of the settings file: ``[access]``, ``[tls]``, ``[timeouts]``, ``[[destinations]]``, ``[jobs]``.
+"""The tables of the settings file: ``[access]``, ``[tls]``, ``[timeouts]``, ``[[destinations]]``, ``[jobs]``,
+``[dicomweb]``.
 
 Each is a small frozen pydantic model that refuses keys it does not know (``extra="forbid"``).
 """
@@ -26,6 +27,7 @@ from dicom_node.config.values import (
     ModuleName,
     Network,
     PeerPort,
+    Port,
     PositiveCount,
     PositiveSeconds,
     Seconds,
@@ -186,6 +188,43 @@ class JobSettings(Table):
         return ceiling
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class DicomWebSettings(Table):
+    """The ``[dicomweb]`` table: QIDO-RS, WADO-RS and STOW-RS over HTTP(S) (docs/dicomweb.md).
+
+    Off unless ``enabled``. On a host other than loopback it needs a way to tell clients apart: a
+    ``token_file`` (bearer tokens) or ``tls`` with ``require_client_certificate``.
+    """
+
+    enabled: bool = False
+    host: Host = "127.0.0.1"
+    port: Port = 8080
+    """0: any free port (the one bound is logged)."""
+    token_file: ExistingFile | None = None
+    """One token a line, ``name:token`` or a bare token (named ``token<line>``); ``#`` starts a comment."""
+    cors_origins: Annotated[tuple[str, ...], NoDecode, BeforeValidator(comma_list)] = ()
+    """Origins allowed to call from a browser (``*``: any); empty: no CORS headers at all."""
+    tls: TlsConfig | None = None
+    """HTTPS with this certificate; with ``require_client_certificate``, mutual TLS."""
+    max_request_bytes: PositiveCount = 2 * 1024**3
+    """The largest STOW-RS request body accepted (413 above it)."""
+    public_url: str | None = None
+    """The DICOMweb root as clients reach it (``https://pacs.example.org/dicom-web``), for the
+    BulkDataURIs and RetrieveURLs in responses behind a reverse proxy; absent: from each request."""
+
+    @model_validator(mode="after")
+    def _identifies_clients(self) -> DicomWebSettings:
+        open_to_all = self.token_file is None and not (self.tls and self.tls.require_client_certificate)
+        if self.enabled and open_to_all and self.host not in LOOPBACK_HOSTS:
+            raise invalid(
+                f"dicomweb.host {self.host!r} is not loopback: set dicomweb.token_file or "
+                "dicomweb.tls with require_client_certificate, or listen on 127.0.0.1"
+            )
+        return self
+
+
 def parse_address(text: str) -> Destination:
     """``AE@HOST:PORT`` → an ad-hoc destination (``ConfigError`` if it is not one)."""
     try:
@@ -205,6 +244,7 @@ __all__ = [
     "REPORT_PROFILES",
     "AccessPolicy",
     "Destination",
+    "DicomWebSettings",
     "DimseTimeouts",
     "JobSettings",
     "TlsConfig",

@@ -12,8 +12,10 @@ gauges are read from the index at scrape time, as indexed COUNTs of non-terminal
 Counters (``_total`` is added on exposition):
 
 * ``dicom_node_received_instances{outcome=stored|duplicate|replaced, source=received|result}``;
-* ``dicom_node_refused_instances{status, reason}`` — C-STORE requests answered with a failure status;
+* ``dicom_node_refused_instances{status, reason}`` — C-STORE requests answered with a failure status
+  (and STOW-RS parts refused, ``reason="stow"``);
 * ``dicom_node_refused_associations{reason=address|calling_ae_title|called_ae_title}``;
+* ``dicom_node_dicomweb_requests{service=qido|wado|stow|other, status}`` — HTTP requests answered;
 * ``dicom_node_jobs_finished{pipeline, outcome=succeeded|failed|skipped|retried}``;
 * ``dicom_node_delivery_attempts{destination}``, ``dicom_node_delivery_failures{destination}`` (failed
   attempts) and ``dicom_node_deliveries_finished{destination, outcome=delivered|failed}``.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
@@ -64,6 +67,9 @@ REFUSED_INSTANCES = Counter(
 )
 REFUSED_ASSOCIATIONS = Counter(
     "dicom_node_refused_associations", "Associations rejected by the access checks.", ["reason"]
+)
+DICOMWEB_REQUESTS = Counter(
+    "dicom_node_dicomweb_requests", "DICOMweb HTTP requests answered.", ["service", "status"]
 )
 JOBS_FINISHED = Counter(
     "dicom_node_jobs_finished",
@@ -180,6 +186,26 @@ def scrape_registry(
     if database is not None:
         registry.register(StateCollector(database, queue_depths))
     return registry
+
+
+def dicomweb_requests(folder: Path) -> dict[str, dict[str, int]]:
+    """DICOMweb requests answered since ``serve`` started, by service and by status, from the metric
+    files of its folder (``<data_dir>/metrics``: ``serve`` keeps them there while DICOMweb is on)."""
+    counts: dict[str, dict[str, int]] = {"by_service": {}, "by_status": {}}
+    if not folder.is_dir():
+        return counts
+    registry = CollectorRegistry(auto_describe=False)
+    multiprocess.MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]
+    for metric in registry.collect():
+        if metric.name != "dicom_node_dicomweb_requests":
+            continue
+        for sample in metric.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            for label, table in (("service", "by_service"), ("status", "by_status")):
+                key = sample.labels[label]
+                counts[table][key] = counts[table].get(key, 0) + int(sample.value)
+    return counts
 
 
 class MetricsServer:

@@ -5,6 +5,10 @@ weights (as tests/jobs/test_real_pipelines.py does) and delivers to storescp; th
 (``$DICOM_NODE_OHIF`` or ../shared/tools/ohif, see tests/reports/conftest.py) is given the study plus
 everything delivered, and every SR and SEG must be DISPLAYED, with no request leaving loopback.
 
+The node keeps its own results too, so its DICOMweb holds the studies with their SR and SEG: a second
+check opens OHIF with the node's DICOMweb as its only data source (``tests/ohif``) and every SR and SEG
+must display there as well.
+
 The screenshots are kept for a person to look at: in ``$DICOM_NODE_OHIF_SCREENSHOTS`` if set, else
 ``var/ohif-screenshots/`` of the checkout; the test prints where.
 """
@@ -23,8 +27,10 @@ import pytest
 from pydicom import dcmread
 
 from dicom_node.index.models import Delivery, DeliveryState, Job, JobState
-from tests.jobs.conftest import REPO, NodeUnderTest, Pacs, wait_for
+from tests.jobs.conftest import REPO, NodeUnderTest, Pacs, free_port, wait_for
 from tests.jobs.test_real_pipelines import ROUTES, _install_scaffolds
+from tests.ohif.harness import missing, view
+from tests.ohif.site import OhifSite
 from tests.reports.conftest import chromium, ohif_harness
 
 pytestmark = pytest.mark.slow
@@ -112,7 +118,16 @@ def test_ohif_displays_the_nodes_own_sr_and_seg(
     )
     before_routes = node.config.read_text().split("[[routes]]")[0]
     node.config.write_text(f'models_dir = "{models_dir}"\n' + before_routes + ROUTES)
-    node.serve()
+    if (why := missing()) is not None:
+        pytest.skip(why)
+    site = OhifSite()
+    site.bind()
+    web_port = free_port()
+    node.serve(
+        DICOM_NODE_DICOMWEB__ENABLED="true",
+        DICOM_NODE_DICOMWEB__PORT=str(web_port),
+        DICOM_NODE_DICOMWEB__CORS_ORIGINS=site.url,
+    )
     node._start(["worker", "--concurrency", "1"], "worker.log", DICOM_NODE_MODELS_DIR=str(models_dir))
     _send(node, test_data)
     folder = _delivered(node, pacs)
@@ -154,3 +169,33 @@ def test_ohif_displays_the_nodes_own_sr_and_seg(
     wanted = {str(ds.SOPInstanceUID) for ds in delivered if str(ds.Modality) in (SR_MODALITY, SEG_MODALITY)}
     assert wanted <= set(checked), (wanted - set(checked), summary)
     assert all(checked[uid] == "DISPLAYED" for uid in wanted), summary
+    _check_through_dicomweb(site, web_port, delivered, tmp_path / "ohif-dicomweb")
+
+
+def _check_through_dicomweb(site: OhifSite, web_port: int, delivered: list[Any], out: Path) -> None:
+    """OHIF with the node's DICOMweb as its only data source shows every delivered SR and SEG."""
+    dicomweb = f"http://127.0.0.1:{web_port}/dicom-web"
+    site.start(dicomweb)
+    try:
+        studies = sorted({str(ds.StudyInstanceUID) for ds in delivered})
+        report = view(site, dicomweb, studies, out)
+    finally:
+        site.stop()
+    kept = _keep_screenshots_as(out, "ohif-dicomweb-screenshots")
+    print(f"\nOHIF over the node's DICOMweb: screenshots in {kept}")
+    assert report["offsite_requests"] == [], report["offsite_requests"]
+    wanted = {
+        (str(ds.SeriesInstanceUID), str(ds.Modality))
+        for ds in delivered
+        if str(ds.Modality) in (SR_MODALITY, SEG_MODALITY)
+    }
+    checked = {(o["series"], o["modality"]): o["status"] for s in report["studies"] for o in s["objects"]}
+    assert wanted <= set(checked), (wanted - set(checked), report)
+    assert all(checked[key] == "DISPLAYED" for key in wanted), report
+
+
+def _keep_screenshots_as(out: Path, name: str) -> Path:
+    target = Path(os.environ.get(SCREENSHOTS_ENV) or REPO / "var" / "ohif-screenshots").with_name(name)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(out, target)
+    return target
