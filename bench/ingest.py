@@ -112,7 +112,7 @@ def node(workdir: Path, tree: Path = REPO) -> Iterator[tuple[int, int]]:
         "DICOM_NODE_DATA_DIR": str(workdir / "node"),
         "DICOM_NODE_QUIET_PERIOD": "3600",
         "DICOM_NODE_LOG_LEVEL": "WARNING",
-        "DICOM_NODE_SHUTDOWN_GRACE": "2",  # serve waits out its grace period at SIGTERM
+        "DICOM_NODE_SHUTDOWN_GRACE": "2",  # wait_port's bare connection stays an association
     }
     command = [
         str(REPO / ".venv/bin/dicom-node"),

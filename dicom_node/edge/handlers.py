@@ -29,6 +29,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.config import AccessPolicy
+from dicom_node.edge import wakeup
 from dicom_node.edge.receive import StreamingDimse
 from dicom_node.errors import (
     IndexUnavailableError,
@@ -117,6 +118,8 @@ class EdgeHandlers:
 
     # --- association life cycle -------------------------------------------------------------------
     def handle_conn_open(self, event: evt.Event) -> None:
+        # Before the association's threads start: its DUL reactor waits on events, not a 1 ms poll.
+        wakeup.install(event.assoc)
         # Nagle's algorithm would hold each small C-STORE-RSP for up to 40 ms.
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
