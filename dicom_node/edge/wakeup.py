@@ -23,9 +23,10 @@ import contextlib
 import os
 import queue
 import select
+import socket
 import ssl
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
@@ -72,9 +73,31 @@ class _WakingQueue(queue.Queue[Any]):
 
 
 class WakeableSocket(AssociationSocket):
-    """An ``AssociationSocket`` whose ``ready`` waits for data or a wake-up, up to ``IDLE_WAIT``."""
+    """An ``AssociationSocket`` whose ``ready`` waits for data or a wake-up, up to ``IDLE_WAIT``, and
+    whose ``recv`` reads a PDU in as few calls as the kernel allows."""
 
     _wakeup: _Wakeup
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """``nr_bytes`` from the socket, fewer only if the peer closed it (as pynetdicom's ``recv``).
+
+        pynetdicom reads 4096 bytes per call and appends each piece to the result: a 512 KiB PDU took
+        about 130 ``recvfrom`` calls (strace -c, 100 slices of 512²). Reading into the result
+        directly, each call takes whatever the socket buffer holds: about 10 per slice.
+        """
+        sock = cast(socket.socket, self.socket)
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        nr_read = 0
+        while nr_read < nr_bytes:
+            got = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
+            if not got:  # the connection was broken: return what was read
+                break
+            nr_read += got
+        view.release()
+        if nr_read < nr_bytes:
+            del buffer[nr_read:]
+        return buffer
 
     @property
     def ready(self) -> bool:
