@@ -83,7 +83,7 @@ class WakeableSocket(AssociationSocket):
 
         pynetdicom reads 4096 bytes per call and appends each piece to the result: a 512 KiB PDU took
         about 130 ``recvfrom`` calls (strace -c, 100 slices of 512²). Reading into the result
-        directly, each call takes whatever the socket buffer holds: about 10 per slice.
+        directly, each call takes whatever the socket buffer holds: 12 per slice.
         """
         sock = cast(socket.socket, self.socket)
         buffer = bytearray(nr_bytes)
