@@ -119,7 +119,10 @@ class EdgeHandlers:
     # --- association life cycle -------------------------------------------------------------------
     def handle_conn_open(self, event: evt.Event) -> None:
         # Before the association's threads start: its DUL reactor waits on events, not a 1 ms poll.
-        wakeup.install(event.assoc)
+        try:
+            wakeup.install(event.assoc)
+        except OSError:  # no descriptor left for the wake-up pipe: pynetdicom's own polling then
+            LOG.warning("could not make the association's reactor event-driven", exc_info=True)
         # Nagle's algorithm would hold each small C-STORE-RSP for up to 40 ms.
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
