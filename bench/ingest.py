@@ -1,15 +1,20 @@
-"""Ingest throughput: the node vs DCMTK storescp receiving the same CT in the same run.
+"""Ingest throughput: the node vs DCMTK storescp and Orthanc receiving the same CT in the same run.
 
-    .venv/bin/python bench/ingest.py [--slices 300] [--size 512] [--runs 3] [--receivers 1]
+    .venv/bin/python bench/ingest.py [--slices 300] [--size 512] [--runs 3] [--only NAME,...]
 
 Sends a generated CT series with DCMTK storescu (TCP_NODELAY=1) over one association and over four
-parallel associations, to DCMTK storescp (writes files, no fsync, no index) and to ``dicom-node serve``
-(fsync + rename + indexed commit per instance, SQLite). Prints the median of ``--runs`` as a table.
+parallel associations, to DCMTK storescp (writes files, no fsync, no index), to Orthanc (Debian's
+package as shipped: SQLite index, ``SyncStorageArea`` fsync, its 16 KiB PDU; TCP_NODELAY=1 in its
+environment, which its DCMTK network layer reads) and to ``dicom-node serve`` (fsync of file and
+folder and an indexed commit per instance before the response, SQLite). The receivers take turns
+within each run (storescp, Orthanc, node; 1 then 4 associations), so a machine shared with other work
+slows them alike; the table holds the median of ``--runs`` and each receiver's ratio to storescp.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -21,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -47,7 +53,7 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def storescp(workdir: Path) -> Iterator[int]:
+def storescp(workdir: Path) -> Iterator[tuple[int, int]]:
     port = free_port()
     out = workdir / "storescp"
     out.mkdir()
@@ -59,20 +65,54 @@ def storescp(workdir: Path) -> Iterator[int]:
     )
     try:
         wait_port(port)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
 
 
 @contextmanager
-def node(workdir: Path, receivers: int) -> Iterator[int]:
+def orthanc(workdir: Path) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    storage = workdir / "orthanc"
+    config = workdir / "orthanc.json"
+    config.write_text(
+        json.dumps(
+            {
+                "Name": "bench",
+                "StorageDirectory": str(storage),
+                "IndexDirectory": str(storage),
+                "DicomAet": "STORESCP",
+                "DicomPort": port,
+                "HttpServerEnabled": False,
+                "HttpPort": free_port(),
+                "Plugins": [],
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        ["Orthanc", str(config)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_port(port)
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@contextmanager
+def node(workdir: Path, tree: Path = REPO) -> Iterator[tuple[int, int]]:
+    """``dicom-node serve`` of the checkout at ``tree`` (the shared virtualenv's editable install may
+    point at another checkout: ``PYTHONPATH`` makes the one measured explicit)."""
     port = free_port()
     env = {
         **ENV,
+        "PYTHONPATH": str(tree),
         "DICOM_NODE_DATA_DIR": str(workdir / "node"),
         "DICOM_NODE_QUIET_PERIOD": "3600",
         "DICOM_NODE_LOG_LEVEL": "WARNING",
+        "DICOM_NODE_SHUTDOWN_GRACE": "2",  # wait_port's bare connection stays an association
     }
     command = [
         str(REPO / ".venv/bin/dicom-node"),
@@ -88,7 +128,7 @@ def node(workdir: Path, receivers: int) -> Iterator[int]:
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -112,12 +152,32 @@ def send(port: int, folders: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def measure(receiver: Callable[[Path], object], folders: list[Path], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp, receiver(Path(tmp)) as port:
-            times.append(send(port, folders))  # type: ignore[arg-type]
-    return statistics.median(times)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (its threads included), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(receiver: Callable[[Path], Any], folders: list[Path]) -> tuple[float, float]:
+    """Seconds the send took and the CPU seconds the receiver spent meanwhile (the latter is what a
+    loaded machine disturbs least)."""
+    with (
+        tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp,
+        receiver(Path(tmp)) as (
+            port,
+            pid,
+        ),
+    ):
+        before = cpu_seconds(pid)
+        seconds = send(port, folders)
+        return seconds, cpu_seconds(pid) - before
+
+
+RECEIVERS: dict[str, tuple[str, Callable[[Path], Any]]] = {
+    "storescp": ("DCMTK storescp (no fsync, no index)", storescp),
+    "orthanc": ("Orthanc 1.10 (fsync + SQLite index)", orthanc),
+    "node": ("dicom-node serve (fsync + index)", node),
+}
 
 
 def main() -> None:
@@ -127,9 +187,19 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--receivers", type=int, default=1)
+    parser.add_argument("--only", default=",".join(RECEIVERS), help="receivers, of " + ",".join(RECEIVERS))
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. the main branch) whose node runs in the same runs",
+    )
     args = parser.parse_args()
-    for tool in ("storescu", "storescp"):
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    if args.baseline is not None:
+        tree = args.baseline.resolve()
+        RECEIVERS["baseline"] = (f"dicom-node serve ({tree.name})"[:38], lambda w: node(w, tree))
+        chosen.append("baseline")
+    for tool in ("storescu", "storescp", "Orthanc"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: run scripts/setup --test")
 
@@ -142,25 +212,35 @@ def main() -> None:
         for i, path in enumerate(paths):
             four[i % 4].mkdir(exist_ok=True)
             os.link(path, four[i % 4] / path.name)
-
-        rows = []
-        for name, receiver in (
-            ("DCMTK storescp (no fsync, no index)", storescp),
-            ("dicom-node serve (fsync + index)", lambda w: node(w, args.receivers)),
-        ):
-            for label, folders in (("1", [one]), ("4", four)):
-                seconds = measure(receiver, folders, args.runs)
-                rows.append((name, label, args.slices, seconds, args.slices / seconds, total_mb / seconds))
+        loads = (("1", [one]), ("4", four))
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {
+            (n, label): [] for n in chosen for label, _ in loads
+        }
+        for _ in range(args.runs):  # interleaved: every receiver once per run
+            for name in chosen:
+                for label, folders in loads:
+                    times[name, label].append(measure(RECEIVERS[name][1], folders))
 
     print(
         f"\n{args.slices} CT slices of {args.size}² ({total_mb:.0f} MB), storescu with TCP_NODELAY=1, "
-        f"median of {args.runs}, {os.cpu_count()} cores\n"
+        f"median of {args.runs} interleaved runs, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}\n"
     )
-    header = f"| {'receiver':<38} | assocs | images | seconds | images/s |  MB/s |"
+    header = (
+        f"| {'receiver':<38} | assocs | images | seconds | images/s |  MB/s | × storescp | CPU ms/image |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for name, label, images, seconds, ips, mbs in rows:
-        print(f"| {name:<38} | {label:>6} | {images:>6} | {seconds:>7.2f} | {ips:>8.0f} | {mbs:>5.0f} |")
+    medians = {key: statistics.median(t for t, _ in values) for key, values in times.items()}
+    cpu = {key: statistics.median(c for _, c in values) for key, values in times.items()}
+    for (name, label), seconds in medians.items():
+        anchor = medians.get(("storescp", label))
+        ratio = f"{anchor / seconds:>10.2f}" if anchor else f"{'':>10}"
+        print(
+            f"| {RECEIVERS[name][0]:<38} | {label:>6} | {args.slices:>6} | {seconds:>7.2f} "
+            f"| {args.slices / seconds:>8.0f} | {total_mb / seconds:>5.0f} | {ratio} "
+            f"| {1000 * cpu[name, label] / args.slices:>12.2f} |"
+        )
 
 
 if __name__ == "__main__":

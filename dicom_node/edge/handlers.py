@@ -30,6 +30,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.config import AccessPolicy
+from dicom_node.edge import wakeup
 from dicom_node.edge.commitment import CommitmentService
 from dicom_node.edge.mpps import MppsService
 from dicom_node.edge.receive import StreamingDimse
@@ -129,6 +130,11 @@ class EdgeHandlers:
 
     # --- association life cycle -------------------------------------------------------------------
     def handle_conn_open(self, event: evt.Event) -> None:
+        # Before the association's threads start: its DUL reactor waits on events, not a 1 ms poll.
+        try:
+            wakeup.install(event.assoc)
+        except OSError:  # no descriptor left for the wake-up pipe: pynetdicom's own polling then
+            LOG.warning("could not make the association's reactor event-driven", exc_info=True)
         # Nagle's algorithm would hold each small C-STORE-RSP for up to 40 ms.
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:

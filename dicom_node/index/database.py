@@ -58,25 +58,32 @@ def head_revision() -> str:
     return head
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the CLI read while the edge writes; synchronous=FULL makes every commit durable before
-    # the C-STORE response goes out ("ack means durable"); busy_timeout queues concurrent writers.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(synchronous: str) -> Callable[[Any, Any], None]:
+    def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets the CLI read while the edge writes; busy_timeout queues concurrent writers.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return set_pragmas
 
 
-def create_index_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, durable commits and a busy timeout."""
+def create_index_engine(url: str, *, synchronous: str = "FULL") -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and commits that are durable on return.
+
+    ``synchronous="NORMAL"`` (SQLite only) gives commits that survive the process being killed but not
+    a power loss: in WAL mode the log is then fsynced at checkpoints, not at every commit. Only the
+    ingest of files that are durable already uses it (``Database.ingest_engine``).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(synchronous))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
@@ -100,6 +107,33 @@ class Database:
                 engine.dispose(close=False)
 
         os.register_at_fork(after_in_child=_forget_inherited_connections)
+        self._ingest_engine: Engine | None = None
+
+    @property
+    def ingest_engine(self) -> Engine:
+        """The engine for the index rows of received instances whose file is already durable.
+
+        On SQLite its commits are ``synchronous=NORMAL``: in WAL mode they survive a crash of the
+        process (kill -9) but the last ones may be lost on a power failure. That loses no acknowledged
+        instance: its file was fsynced and renamed into place, and the folder fsynced, before the
+        commit, and start-up recovery indexes every file without a row (docs/ingest.md, "Ack means
+        durable"). Everything else (jobs, leases, the audit trail) keeps ``synchronous=FULL`` through
+        ``engine``. PostgreSQL: the same engine as ``engine``.
+        """
+        if self._ingest_engine is None:
+            if not self.is_sqlite:
+                self._ingest_engine = self.engine
+            else:
+                self._ingest_engine = create_index_engine(self.url, synchronous="NORMAL")
+                engine_ref = weakref.ref(self._ingest_engine)
+
+                def _forget() -> None:
+                    engine = engine_ref()
+                    if engine is not None:
+                        engine.dispose(close=False)
+
+                os.register_at_fork(after_in_child=_forget)
+        return self._ingest_engine
 
     @property
     def is_sqlite(self) -> bool:
@@ -181,6 +215,8 @@ class Database:
             yield conn  # the transaction's end releases the advisory lock
 
     def dispose(self) -> None:
+        if self._ingest_engine is not None and self._ingest_engine is not self.engine:
+            self._ingest_engine.dispose()
         self.engine.dispose()
 
 

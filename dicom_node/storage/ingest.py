@@ -193,9 +193,11 @@ class Ingest:
     ) -> StoreResult:
         # SQLAlchemy Core rather than the ORM here: this runs once per received instance, under the
         # write lock, and five plain statements cost a fraction of the ORM's unit of work.
+        # The ingest engine's SQLite commits are synchronous=NORMAL: the file is durable before the
+        # commit and recovery indexes a file whose row a power loss took (Database.ingest_engine).
         now = utcnow()
         final = self.store.path(relative)
-        with self.database.engine.connect() as conn:
+        with self.database.ingest_engine.connect() as conn:
             if guard is not None and not guard(conn):
                 conn.rollback()
                 raise LeaseLostError(f"not publishing {received.sop_instance_uid}: the claim was lost")
@@ -208,7 +210,12 @@ class Ingest:
             # rolled back by recovery from the intent (storage/recovery.py).
             intent: Path | None = None
             kept: Path | None = None
+            durable = on_disk and self.database.is_sqlite
             try:
+                if durable:
+                    # A replacement's commit must be on disk before its intent record goes: recovery
+                    # reads the intent, not the file, to tell a committed replacement from one to undo.
+                    conn.exec_driver_sql("PRAGMA synchronous=FULL")
                 if on_disk and existing is not None:
                     kept = self.store.kept_path(existing.path, existing.sha256)
                     intent = self.store.write_intent(
@@ -235,6 +242,10 @@ class Ingest:
                 if intent is not None:
                     self.store.drop_intent(intent)
                 raise
+            finally:
+                if durable:
+                    with contextlib.suppress(Exception):
+                        conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
             if existing is not None and kept is not None and existing.path != relative:
                 self.store.path(existing.path).unlink(missing_ok=True)  # kept under .superseded
             if intent is not None:
