@@ -27,6 +27,7 @@ from dicom_node.config.tables import (
     Destination,
     DimseTimeouts,
     JobSettings,
+    QueryRetrieveSettings,
     TlsConfig,
 )
 from dicom_node.config.values import (
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
     retention_days: Days = 0.0
     jobs: JobSettings = JobSettings()
     analysis: AnalysisSettings = AnalysisSettings()
+    query_retrieve: QueryRetrieveSettings = QueryRetrieveSettings()
     routes: tuple[RouteSpec, ...] = ()
     """Empty: the shipped ``workflow.routing.DEFAULT_ROUTES`` apply."""
 
@@ -170,6 +172,14 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    def move_destination(self, ae_title: str) -> Destination | None:
+        """The C-MOVE destination with ``ae_title``: a ``[query_retrieve]`` peer, else a destination."""
+        wanted = ae_title.strip()
+        for destination in (*self.query_retrieve.peers, *self.destinations):
+            if destination.ae_title == wanted:
+                return destination
+        return None
 
     def destination(self, name: str) -> Destination:
         for destination in self.destinations:

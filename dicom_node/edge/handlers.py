@@ -272,6 +272,21 @@ class EdgeHandlers:
                 self._in_flight -= 1
                 self._cond.notify_all()
 
+    def admitted_record(self, assoc: Association) -> int | None:
+        """The audit row id of an admitted association (written now if it could not be at acceptance);
+        ``None`` when the access check did not admit it or its audit row cannot be written: the C-FIND,
+        C-MOVE and C-GET handlers (``edge/query.py``, ``edge/retrieve.py``) refuse then."""
+        admission = self._admitted.get(assoc)
+        if admission is None:
+            return None
+        if admission.record_id is None:
+            try:
+                return self._open_audit_row(assoc, admission)
+            except Exception:
+                LOG.exception("audit trail unavailable: refusing the query")
+                return None
+        return admission.record_id
+
     def _open_incoming(self, header: bytes) -> IncomingFile:
         return IncomingFile(self.ingest.store, header, limit=self.max_instance_bytes)
 

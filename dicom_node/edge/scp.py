@@ -12,11 +12,14 @@ import ssl
 import time
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import Settings, TlsConfig
 from dicom_node.edge.handlers import EdgeHandlers
+from dicom_node.edge.query import MODELS, FindService
+from dicom_node.edge.retrieve import RetrieveService
 from dicom_node.index.audit import AuditTrail
 from dicom_node.storage.ingest import Ingest
 
@@ -24,7 +27,8 @@ LOG = logging.getLogger(__name__)
 
 
 def build_ae(settings: Settings) -> AE:
-    """An AE that accepts C-ECHO and every storage SOP class in every transfer syntax pynetdicom knows."""
+    """An AE that accepts C-ECHO, every storage SOP class in every transfer syntax pynetdicom knows (also
+    in the SCP role, for C-GET's sub-operations), and the Patient and Study Root FIND, MOVE and GET."""
     ae = AE(ae_title=settings.ae_title)
     # The largest PDU a peer may send us: what one association holds of an instance in memory at a
     # time (data sets stream to disk, edge/receive.py). 0 would mean unlimited.
@@ -40,7 +44,12 @@ def build_ae(settings: Settings) -> AE:
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            # A C-GET requestor proposes SCP/SCU role selection for the storage it wants to receive.
+            ae.add_supported_context(
+                context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            )
+    for sop_class in MODELS:
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     return ae
 
 
@@ -69,7 +78,16 @@ class EdgeServer:
             tls=settings.tls is not None,
             max_instance_bytes=settings.max_instance_bytes,
         )
+        audit = self.handlers.audit
+        self.find = FindService(settings.ae_title, ingest.database, audit, self.handlers.admitted_record)
+        self.retrieve = RetrieveService(
+            settings, ingest.database, ingest.store, audit, self.handlers.admitted_record
+        )
         self.server: ThreadedAssociationServer | None = None
+
+    def bindings(self) -> list[EventHandlerType]:
+        """Every handler: the association life cycle, C-ECHO and C-STORE, C-FIND, C-MOVE and C-GET."""
+        return [*self.handlers.bindings(), *self.find.bindings(), *self.retrieve.bindings()]
 
     def start(self) -> tuple[str, int]:
         """Start listening in background threads; returns the bound (host, port)."""
@@ -78,7 +96,7 @@ class EdgeServer:
             (self.settings.host, self.settings.port),
             block=False,
             ssl_context=ssl_context,
-            evt_handlers=self.handlers.bindings(),
+            evt_handlers=self.bindings(),
         )
         assert server is not None
         self.server = server
