@@ -30,6 +30,7 @@ from pynetdicom.events import EventHandlerType
 
 from dicom_node.config import AccessPolicy
 from dicom_node.edge.receive import StreamingDimse
+from dicom_node.edge.retrieve import prefer_requested_syntaxes
 from dicom_node.errors import (
     IndexUnavailableError,
     IngestError,
@@ -153,6 +154,7 @@ class EdgeHandlers:
             address, port = _peer(assoc)
             refusal = self.refusal_reason(calling, called, address)
             if refusal is None:
+                prefer_requested_syntaxes(assoc)
                 assoc.dimse = StreamingDimse(assoc, self._open_incoming)
                 self._admitted[assoc] = _Admission()
                 return

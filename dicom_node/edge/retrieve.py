@@ -4,8 +4,9 @@ pynetdicom runs the sub-operations and the counting (remaining, completed, faile
 the Failed SOP Instance UID List when some failed); the handlers here check the request, pick the
 instances (``index/query.py``) and hand over each stored file read with pydicom and never touched, so
 its elements are written back as they were stored (raw, undecoded) in the transfer syntax the file is
-in. For C-MOVE the association to the destination proposes, per SOP class, the stored transfer syntax
-and Explicit/Implicit VR Little Endian; C-GET sends over the requestor's own association, on the storage
+in. For C-MOVE the association to the destination proposes, per SOP class, each stored transfer syntax
+(the node does not transcode: a destination that refuses a compressed one gets those sub-operations
+failed, listed in Failed SOP Instance UID List); C-GET sends over the requestor's own association, on the storage
 contexts it offered with SCP role selection.
 
 Who may move where: ``[query_retrieve]`` (``config/tables.py`` ``QueryRetrieveSettings``). A destination
@@ -24,9 +25,11 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
+from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.config import Settings
@@ -55,20 +58,48 @@ DEFER_SIZE = 1024 * 1024
 """Values larger than this (pixel data) are read from the file only while it is sent."""
 
 Yield = tuple[int | Dataset, Dataset | None]
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def _contexts(instances: list[StoredInstance]) -> list[PresentationContext]:
-    """One context per SOP class: its stored transfer syntaxes, then the uncompressed ones."""
-    syntaxes: dict[str, list[str]] = {}
-    for item in instances:
-        wanted = syntaxes.setdefault(item.sop_class_uid, [])
-        if item.transfer_syntax_uid not in wanted:
-            wanted.insert(0, item.transfer_syntax_uid)
+    """One context per SOP class and stored transfer syntax (the destination accepts or rejects each on
+    its own: one listing several would let it pick an uncompressed one the node does not transcode to);
+    files stored uncompressed are offered in both Explicit and Implicit VR Little Endian."""
+    pairs = sorted({(item.sop_class_uid, item.transfer_syntax_uid) for item in instances})
     contexts = []
-    for sop_class, stored in sorted(syntaxes.items())[:MAX_CONTEXTS]:
-        offered = stored + [s for s in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if s not in stored]
+    for sop_class, syntax in pairs[:MAX_CONTEXTS]:
+        offered: list[str | UID] = [syntax] if syntax not in UNCOMPRESSED else list(UNCOMPRESSED)
         contexts.append(build_context(sop_class, offered))
     return contexts
+
+
+def prefer_requested_syntaxes(assoc: Association) -> None:
+    """For a C-GET requestor's storage contexts (those it proposes in the SCP role), accept the transfer
+    syntax it lists first, not pynetdicom's (implicit VR first): the node sends stored files without
+    transcoding, so a requestor that prefers the stored syntax (getscu ``+xv``) must get it.
+
+    Called by the access check before negotiation, on this association's own copy of the contexts.
+    """
+    roles = {uid: item.scp_role for uid, item in assoc.requestor.role_selection.items()}
+    primitive = assoc.requestor.primitive
+    if not any(roles.values()) or primitive is None:
+        return
+    wanted = {
+        str(cx.abstract_syntax): [str(ts) for ts in cx.transfer_syntax]
+        for cx in primitive.presentation_context_definition_list
+        if cx.abstract_syntax is not None and roles.get(cx.abstract_syntax)
+    }
+    contexts = []
+    for context in assoc.acceptor.supported_contexts:
+        order = wanted.get(str(context.abstract_syntax))
+        if order and context.abstract_syntax is not None:
+            supported = {str(ts) for ts in context.transfer_syntax}
+            first: list[str | UID] = [ts for ts in order if ts in supported]
+            rest = [ts for ts in context.transfer_syntax if str(ts) not in first]
+            context = build_context(context.abstract_syntax, [*first, *rest])
+            context.scu_role = context.scp_role = True
+        contexts.append(context)
+    assoc.acceptor.supported_contexts = contexts
 
 
 def _nodelay(event: evt.Event) -> None:
@@ -168,7 +199,7 @@ class RetrieveService:
         except QueryError as error:
             # pynetdicom needs the destination before any status: it is known and allowed, so go there,
             # announce one sub-operation and answer the refusal with its comment instead.
-            yield destination.host, destination.port, {"contexts": [build_context(ExplicitVRLittleEndian)]}
+            yield destination.host, destination.port, {"contexts": [build_context(Verification)]}
             yield 1
             yield self._refused("move", calling, error.status, str(error)), None
             return
@@ -185,7 +216,7 @@ class RetrieveService:
             destination.host,
             destination.port,
             {
-                "contexts": _contexts(instances) or [build_context(ExplicitVRLittleEndian)],
+                "contexts": _contexts(instances) or [build_context(Verification)],
                 "evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay)],
             },
         )
