@@ -4,10 +4,10 @@ pynetdicom runs the sub-operations and the counting (remaining, completed, faile
 the Failed SOP Instance UID List when some failed); the handlers here check the request, pick the
 instances (``index/query.py``) and hand over each stored file read with pydicom and never touched, so
 its elements are written back as they were stored (raw, undecoded) in the transfer syntax the file is
-in. For C-MOVE the association to the destination proposes, per SOP class, each stored transfer syntax
-(the node does not transcode: a destination that refuses a compressed one gets those sub-operations
-failed, listed in Failed SOP Instance UID List); C-GET sends over the requestor's own association, on the storage
-contexts it offered with SCP role selection.
+in. For C-MOVE the association to the destination proposes, per SOP class, each stored transfer
+syntax (the node does not transcode: a destination that refuses a compressed one gets those
+sub-operations failed, listed in Failed SOP Instance UID List); C-GET sends over the requestor's own
+association, on the storage contexts it offered with SCP role selection.
 
 Who may move where: ``[query_retrieve]`` (``config/tables.py`` ``QueryRetrieveSettings``). A destination
 AE title that is not a configured peer or destination, or one the caller may not move to, is answered

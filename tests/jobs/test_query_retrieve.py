@@ -15,16 +15,16 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, JPEG2000Lossless
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    StudyRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 
 from dicom_node.index.models import Instance
 from tests.factories import nodelay
-from tests.serving import dataset_sha256
 from tests.jobs.conftest import NodeUnderTest, Pacs, make_ct_study, wait_for
+from tests.serving import dataset_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 CT = sorted((REPO / "tests/data/ct/totalseg_dicom").glob("*.dcm"))
@@ -68,9 +68,15 @@ def test_findscu_each_level_wildcards_and_ranges(loaded: NodeUnderTest, tmp_path
     node = loaded
     # Patient root, PATIENT level: the name wildcard matches in any case (PN is case-insensitive here).
     patients = _findscu(
-        node, tmp_path / "p", "-P", "QueryRetrieveLevel=PATIENT", "PatientName=EXAMPLE^total*",
-        "PatientID", "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances",
-    )  # fmt: skip
+        node,
+        tmp_path / "p",
+        "-P",
+        "QueryRetrieveLevel=PATIENT",
+        "PatientName=EXAMPLE^total*",
+        "PatientID",
+        "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedInstances",
+    )
     assert [(p.PatientID, str(p.PatientName)) for p in patients] == [
         ("TSEXAMPLE01", "Example^TotalSegmentator")
     ]
@@ -88,10 +94,17 @@ def test_findscu_each_level_wildcards_and_ranges(loaded: NodeUnderTest, tmp_path
 
     # Study root: a date range finds the CT only, an open range both; ModalitiesInStudy matches a list.
     in_2022 = _findscu(
-        node, tmp_path / "s1", "-S", "QueryRetrieveLevel=STUDY", "StudyDate=20220101-20221231",
-        "StudyInstanceUID", "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+        node,
+        tmp_path / "s1",
+        "-S",
+        "QueryRetrieveLevel=STUDY",
+        "StudyDate=20220101-20221231",
+        "StudyInstanceUID",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
         "AccessionNumber",
-    )  # fmt: skip
+    )
     assert [s.StudyInstanceUID for s in in_2022] == [CT_STUDY]
     assert in_2022[0].ModalitiesInStudy == "CT" and in_2022[0].NumberOfStudyRelatedInstances == 20
     assert in_2022[0].NumberOfStudyRelatedSeries == 1 and in_2022[0].AccessionNumber == "TSEX0001"
@@ -111,20 +124,39 @@ def test_findscu_each_level_wildcards_and_ranges(loaded: NodeUnderTest, tmp_path
 
     # SERIES and IMAGE levels of the CT.
     series = _findscu(
-        node, tmp_path / "se", "-S", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={CT_STUDY}", "Modality",
-        "SeriesInstanceUID", "NumberOfSeriesRelatedInstances",
-    )  # fmt: skip
+        node,
+        tmp_path / "se",
+        "-S",
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={CT_STUDY}",
+        "Modality",
+        "SeriesInstanceUID",
+        "NumberOfSeriesRelatedInstances",
+    )
     assert [(s.Modality, s.NumberOfSeriesRelatedInstances) for s in series] == [("CT", 20)]
     images = _findscu(
-        node, tmp_path / "im", "-S", "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={CT_STUDY}",
-        f"SeriesInstanceUID={series[0].SeriesInstanceUID}", "SOPInstanceUID", "InstanceNumber", "SOPClassUID",
-    )  # fmt: skip
+        node,
+        tmp_path / "im",
+        "-S",
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={CT_STUDY}",
+        f"SeriesInstanceUID={series[0].SeriesInstanceUID}",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "SOPClassUID",
+    )
     expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in CT}
     assert {i.SOPInstanceUID for i in images} == expected
     one = _findscu(
-        node, tmp_path / "im1", "-S", "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={CT_STUDY}",
-        f"SeriesInstanceUID={series[0].SeriesInstanceUID}", "InstanceNumber=270", "SOPInstanceUID",
-    )  # fmt: skip
+        node,
+        tmp_path / "im1",
+        "-S",
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={CT_STUDY}",
+        f"SeriesInstanceUID={series[0].SeriesInstanceUID}",
+        "InstanceNumber=270",
+        "SOPInstanceUID",
+    )
     assert len(one) == 1 and one[0].InstanceNumber == 270
 
 
@@ -141,10 +173,28 @@ def _assoc(node: NodeUnderTest, calling: str, *contexts: str):
 def test_movescu_to_storescp_and_getscu(loaded: NodeUnderTest, pacs: Pacs, tmp_path: Path) -> None:
     node = loaded
     result = subprocess.run(
-        ["movescu", "-v", "-S", "-aet", "QRSCU", "-aec", "NODE", "-aem", pacs.ae_title,
-         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={CT_STUDY}", "127.0.0.1", str(node.port)],
-        env=TOOLS_ENV, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            "movescu",
+            "-v",
+            "-S",
+            "-aet",
+            "QRSCU",
+            "-aec",
+            "NODE",
+            "-aem",
+            pacs.ae_title,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={CT_STUDY}",
+            "127.0.0.1",
+            str(node.port),
+        ],
+        env=TOOLS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     expected = sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in CT)
     wait_for(lambda: len(pacs.received()) >= 20, 30, "the moved study at storescp")
@@ -173,12 +223,30 @@ def test_movescu_to_storescp_and_getscu(loaded: NodeUnderTest, pacs: Pacs, tmp_p
     out = tmp_path / "got"
     out.mkdir()
     result = subprocess.run(
-        ["getscu", "-S", "+xv", "-aet", "GETSCU", "-aec", "NODE", "-od", str(out), "-k", "QueryRetrieveLevel=SERIES",
-         "-k", f"StudyInstanceUID={CT_STUDY}",
-         "-k", f"SeriesInstanceUID={dcmread(CT[0], stop_before_pixels=True).SeriesInstanceUID}",
-         "127.0.0.1", str(node.port)],
-        env=TOOLS_ENV, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            "getscu",
+            "-S",
+            "+xv",
+            "-aet",
+            "GETSCU",
+            "-aec",
+            "NODE",
+            "-od",
+            str(out),
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            f"StudyInstanceUID={CT_STUDY}",
+            "-k",
+            f"SeriesInstanceUID={dcmread(CT[0], stop_before_pixels=True).SeriesInstanceUID}",
+            "127.0.0.1",
+            str(node.port),
+        ],
+        env=TOOLS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     got = sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out.iterdir())
     assert got == expected
