@@ -24,6 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicom_node.index.models import Instance
 from tests.factories import nodelay
 from tests.jobs.conftest import NodeUnderTest, Pacs, make_ct_study, wait_for
+from tests.jobs.fixed_pipeline import result_uids
 from tests.serving import dataset_sha256
 
 REPO = Path(__file__).resolve().parents[2]
@@ -355,3 +356,52 @@ def test_refusals(loaded: NodeUnderTest, pacs: Pacs) -> None:
     ok.QueryRetrieveLevel, ok.StudyInstanceUID = "STUDY", ""
     assert find(StudyRootQueryRetrieveInformationModelFind, ok).Status == 0x0000
     assert "QRSCU" in node.log("serve.log") and "TSEXAMPLE01" not in node.log("serve.log")
+
+
+def test_the_nodes_own_results_are_found_and_retrieved(tmp_path, redis_db, pacs, node_factory) -> None:
+    """An SR the node wrote (fixed test pipeline, stored through ingest) is found like a received one."""
+    pacs.start()
+    node = node_factory()
+    node.serve()
+    node.worker()
+    study_uid, files = make_ct_study(tmp_path / "study")
+    node.send(files)
+    series_uid, sop_uid = result_uids(study_uid)
+    wait_for(lambda: sop_uid in pacs.received(), 60, f"the SR at the PACS\n{node.log('worker.log')}")
+
+    study = _findscu(
+        node,
+        tmp_path / "st",
+        "-S",
+        "QueryRetrieveLevel=STUDY",
+        f"StudyInstanceUID={study_uid}",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    )
+    assert [s.ModalitiesInStudy for s in study] == [["CT", "SR"]]
+    assert study[0].NumberOfStudyRelatedSeries == 2 and study[0].NumberOfStudyRelatedInstances == 4
+    by_modality = _findscu(node, tmp_path / "sm", "-S", "QueryRetrieveLevel=STUDY", "ModalitiesInStudy=SR")
+    assert [s.StudyInstanceUID for s in by_modality] == [study_uid]
+    series = _findscu(
+        node,
+        tmp_path / "se",
+        "-S",
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={study_uid}",
+        "Modality=SR",
+        "SeriesInstanceUID",
+    )
+    assert [s.SeriesInstanceUID for s in series] == [series_uid]
+    images = _findscu(
+        node,
+        tmp_path / "im",
+        "-P",
+        "QueryRetrieveLevel=IMAGE",
+        "PatientID=JOBS-TEST",
+        f"StudyInstanceUID={study_uid}",
+        f"SeriesInstanceUID={series_uid}",
+        "SOPInstanceUID",
+        "SOPClassUID",
+    )
+    assert [i.SOPInstanceUID for i in images] == [sop_uid]
