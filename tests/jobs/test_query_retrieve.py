@@ -4,6 +4,7 @@ pynetdicom SCU for C-CANCEL and the refusals, DCMTK storescp as the move destina
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import warnings
@@ -38,7 +39,7 @@ TOOLS_ENV = {**os.environ, "TCP_NODELAY": "1"}
 def _qr_config(node: NodeUnderTest, pacs: Pacs) -> None:
     """Allow QRSCU to move to the PACS (storescp, a configured destination); others only to themselves."""
     with node.config.open("a", encoding="utf-8") as handle:
-        handle.write(f'[query_retrieve.moves]\nQRSCU = ["{pacs.ae_title}"]\n')
+        handle.write(f'[query_retrieve.moves]\nQRSCU = ["{pacs.ae_title}"]\nNODE = ["{pacs.ae_title}"]\n')
 
 
 @pytest.fixture
@@ -309,7 +310,7 @@ def test_cancel_stops_a_query_early(tmp_path, redis_db, pacs, node_factory) -> N
     assert 1 <= pending < 150, f"{pending} pending responses: the node did not stop early"
 
 
-def test_refusals(loaded: NodeUnderTest, pacs: Pacs) -> None:
+def test_refusals_then_the_cli(loaded: NodeUnderTest, pacs: Pacs) -> None:
     node = loaded
     identifier = Dataset()
     identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", CT_STUDY
@@ -405,3 +406,22 @@ def test_the_nodes_own_results_are_found_and_retrieved(tmp_path, redis_db, pacs,
         "SOPClassUID",
     )
     assert [i.SOPInstanceUID for i in images] == [sop_uid]
+
+    # dicom-node find / move / status against the same node.
+    here = f"NODE@127.0.0.1:{node.port}"
+    found = node.cli("find", "STUDY", "--to", here, "-k", "PatientName=example*", "--json")
+    assert found.returncode == 0, found.stderr
+    rows = json.loads(found.stdout)
+    assert [(r["StudyInstanceUID"], r["ModalitiesInStudy"]) for r in rows] == [(CT_STUDY, "CT")]
+    bad = node.cli("find", "STUDY", "--to", here, "-k", "StudyDate=yesterday")
+    assert bad.returncode == 1 and "0xA900" in bad.stderr and "StudyDate" in bad.stderr
+    moved = node.cli("move", CXR_STUDY, "--to", pacs.ae_title, "--from", here, "--json")
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert json.loads(moved.stdout)["completed"] == 1
+    wait_for(lambda: len(pacs.received()) == 1, 10, "the radiograph at the PACS")
+    refused = node.cli("move", CXR_STUDY, "--to", "NOSUCHAE", "--from", here)
+    assert refused.returncode == 1 and "0xA801" in refused.stdout
+    status = node.cli("status", "--json")
+    assert status.returncode == 0, status.stderr
+    today = json.loads(status.stdout)["query_retrieve_today"]
+    assert today["find"] >= 6 and today["move"] >= 4 and today["instances_sent"] >= 1
