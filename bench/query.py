@@ -120,6 +120,7 @@ def _nodelay(assoc: object) -> None:
 
 def send(port: int, ae_title: str, studies: list[Study]) -> float:
     ae = AE(ae_title="BENCHSCU")
+    ae.dimse_timeout = ae.network_timeout = 600  # a loaded machine's fsync can stall for long
     for sop_class in SOP_CLASSES.values():
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
     started = time.perf_counter()
@@ -308,6 +309,7 @@ def main() -> None:
             seconds = send(orthanc_port, "ORTHANC", studies)
             print(f"Orthanc: {len(studies)} C-STOREs in {seconds:.1f} s ({len(studies) / seconds:.0f}/s)")
             ae = AE(ae_title="BENCHSCU")
+            ae.dimse_timeout = ae.network_timeout = 600
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
             peers = {}
             for name, port, title in (("node", node_port, "DICOMNODE"), ("orthanc", orthanc_port, "ORTHANC")):

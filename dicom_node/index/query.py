@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, false, func, literal_column, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from dicom_node.errors import QueryError
@@ -131,6 +131,12 @@ Match = dict[str, str | int | None]
 """One matching entity: every requested keyword → its value (``None``: the index holds none)."""
 
 _SIBLING = aliased(Series, name="sibling")
+STUDY_COUNTS = {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"}
+PATIENT_COUNTS = {
+    "NumberOfPatientRelatedStudies",
+    "NumberOfPatientRelatedSeries",
+    "NumberOfPatientRelatedInstances",
+}
 _DATE = re.compile(r"^\d{8}$")
 _TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
@@ -267,7 +273,8 @@ def condition(column: Any, kind: Kind, value: str, *, glob: bool) -> ColumnEleme
 
 
 def _patient_key() -> Any:
-    return func.coalesce(Study.patient_id, "")
+    # A literal, not a bound parameter: PostgreSQL must see the GROUP BY and SELECT expressions as equal.
+    return func.coalesce(Study.patient_id, literal_column("''"))
 
 
 def _statement(query: Query, glob: bool, returned: Sequence[str]) -> tuple[Select[Any], list[str]]:
@@ -281,8 +288,9 @@ def _statement(query: Query, glob: bool, returned: Sequence[str]) -> tuple[Selec
         if attribute is None or attribute.column is None or _DEPTH[attribute.level] > depth:
             continue
         column = attribute.column
-        if level is QueryLevel.PATIENT and keyword != "PatientID":
-            column = func.max(column)
+        if level is QueryLevel.PATIENT:
+            # One row per Patient ID: the id itself, and the largest value of its studies for the rest.
+            column = _patient_key() if keyword == "PatientID" else func.max(column)
         columns.append(column)
         names.append(keyword)
     if level is QueryLevel.PATIENT:
@@ -380,21 +388,16 @@ def find(database: Database, query: Query, *, limit: int | None = None, offset: 
     closes the generator and with it the database cursor.
     """
     returned = query.returned()
-    glob = database.is_sqlite
-    statement, names = _statement(query, glob, returned)
+    wanted = set(returned)
+    needs_study_counts = bool(wanted & STUDY_COUNTS) and query.level is not QueryLevel.PATIENT
+    needs_patient_counts = bool(wanted & PATIENT_COUNTS)
+    # Patient counts below the PATIENT level are looked up by the row's Patient ID, asked for or not.
+    selected = [*returned, "PatientID"] if needs_patient_counts and "PatientID" not in wanted else returned
+    statement, names = _statement(query, database.is_sqlite, selected)
     if offset:
         statement = statement.offset(offset)
     if limit is not None:
         statement = statement.limit(limit)
-    wanted = set(returned)
-    needs_study_counts = (
-        bool(wanted & {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"})
-        and query.level is not QueryLevel.PATIENT
-    )
-    needs_patient_counts = bool(
-        wanted
-        & {"NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances"}
-    )
     with database.sessions() as session:
         result = session.execute(statement.execution_options(yield_per=BATCH))
         for rows in result.partitions():
