@@ -137,7 +137,8 @@ class FindService:
         calling = str(event.assoc.requestor.ae_title).strip()
         if record_id is None:
             QUERY_REQUESTS.labels(service="find", status="0x0124").inc()
-            yield failure(NOT_AUTHORIZED, "association was not admitted by the access check"), None
+            comment = "association not admitted, or its audit row cannot be written"
+            yield failure(NOT_AUTHORIZED, comment), None
             return
         self.audit.queried(record_id, "find")
         model = MODELS[str(event.context.abstract_syntax)]

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from dicom_node.index.models import Instance
 from tests.factories import nodelay
-from tests.jobs.conftest import NodeUnderTest, Pacs, make_ct_study, wait_for
+from tests.jobs.conftest import NodeUnderTest, Pacs, free_port, make_ct_study, wait_for
 from tests.jobs.fixed_pipeline import result_uids
 from tests.serving import dataset_sha256
 
@@ -36,18 +37,39 @@ CXR_STUDY = "1.2.276.0.7230010.3.1.2.8323329.6904.1517875201.850818"
 TOOLS_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-def _qr_config(node: NodeUnderTest, pacs: Pacs) -> None:
-    """Allow QRSCU to move to the PACS (storescp, a configured destination); others only to themselves."""
+def _qr_config(node: NodeUnderTest, pacs: Pacs, plain: Pacs | None = None) -> None:
+    """QRSCU and NODE may move to the PACS (storescp, a configured destination) and to ``plain`` (a
+    move-only peer that accepts only uncompressed syntaxes); others only to themselves."""
+    targets = [pacs.ae_title] + ([plain.ae_title] if plain else [])
+    lines = ["[query_retrieve.moves]", f"QRSCU = {json.dumps(targets)}", f"NODE = {json.dumps(targets)}"]
+    if plain is not None:
+        lines += [
+            "[[query_retrieve.peers]]",
+            'name = "plain"',
+            f'ae_title = "{plain.ae_title}"',
+            'host = "127.0.0.1"',
+            f"port = {plain.port}",
+        ]
     with node.config.open("a", encoding="utf-8") as handle:
-        handle.write(f'[query_retrieve.moves]\nQRSCU = ["{pacs.ae_title}"]\nNODE = ["{pacs.ae_title}"]\n')
+        handle.write("\n".join(lines) + "\n")
 
 
 @pytest.fixture
-def loaded(tmp_path, redis_db, pacs, node_factory) -> NodeUnderTest:
+def plain(tmp_path: Path) -> Iterator[Pacs]:
+    server = Pacs(tmp_path / "plain", free_port(), ae_title="PLAIN")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def loaded(tmp_path, redis_db, pacs, plain, node_factory) -> NodeUnderTest:
     """A node holding the shared CT (20 slices) and the radiograph, with the PACS as move target."""
     pacs.start("+xa", "+B")  # accepts the stored JPEG 2000 and JPEG; writes data sets bit for bit
+    plain.start()  # uncompressed transfer syntaxes only
     node = node_factory()
-    _qr_config(node, pacs)
+    _qr_config(node, pacs, plain)
     node.serve()
     node.send(CT, options=("-xv",))
     node.send([CXR], options=("-xy",))
@@ -425,3 +447,32 @@ def test_the_nodes_own_results_are_found_and_retrieved(tmp_path, redis_db, pacs,
     assert status.returncode == 0, status.stderr
     today = json.loads(status.stdout)["query_retrieve_today"]
     assert today["find"] >= 6 and today["move"] >= 4 and today["instances_sent"] >= 1
+
+
+def test_partial_failure_warns_with_the_failed_instances(
+    loaded: NodeUnderTest, plain: Pacs, tmp_path
+) -> None:
+    """A destination that takes only uncompressed syntaxes gets the uncompressed study of a two-study
+    move; the JPEG 2000 CT fails: 0xB000 with the CT's 20 instances in Failed SOP Instance UID List."""
+    node = loaded
+    study_uid, files = make_ct_study(tmp_path / "plain-study", slices=3)
+    node.send(files)
+    assoc = _assoc(node, "QRSCU", StudyRootQueryRetrieveInformationModelMove)
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = [study_uid, CT_STUDY]
+        responses = list(
+            assoc.send_c_move(identifier, plain.ae_title, StudyRootQueryRetrieveInformationModelMove)
+        )
+    finally:
+        assoc.release()
+    pending = [status for status, _ in responses[:-1]]
+    assert pending and all(s.Status == 0xFF00 for s in pending)
+    assert [s.NumberOfRemainingSuboperations for s in pending] == list(range(22, -1, -1))[: len(pending)]
+    final, failed = responses[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 20)
+    expected = sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in CT)
+    assert sorted(failed.FailedSOPInstanceUIDList) == expected
+    wait_for(lambda: len(plain.received()) == 3, 10, "the uncompressed study at the plain peer")
