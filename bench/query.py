@@ -146,6 +146,9 @@ def node(workdir: Path) -> Iterator[int]:
         "DICOM_NODE_QUIET_PERIOD": "86400",
         "DICOM_NODE_BROKER_URL": "filesystem://",
         "DICOM_NODE_SHUTDOWN_GRACE": "2",
+        # On a loaded machine one fsync can stall for a minute: the node must not abort the sender.
+        "DICOM_NODE_TIMEOUTS__NETWORK": "600",
+        "DICOM_NODE_TIMEOUTS__DIMSE": "600",
         "DICOM_NODE_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         "PYTHONPATH": str(REPO),  # this checkout's node, whichever one the virtualenv installed
     }
