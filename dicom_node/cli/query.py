@@ -98,7 +98,7 @@ def find(
     rows: list[dict[str, str]] = []
     try:
         for match in send_find(destination, settings.ae_title, query, model=_model(patient_root, chosen)):
-            rows.append({k: _text(match.get(k).value if k in match else None) for k in keys})
+            rows.append({k: _text(match.get(k)) for k in keys})
     except QueryFailed as error:
         errors.print(f"[red]C-FIND refused by {destination.address}:[/red] {error}")
         raise typer.Exit(1) from None

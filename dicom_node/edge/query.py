@@ -57,7 +57,8 @@ MODELS: dict[str, InformationModel] = {
 }
 """The Q/R SOP classes the node serves, and their information models."""
 
-_SKIPPED = {"QueryRetrieveLevel", "SpecificCharacterSet"}
+_SKIPPED = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
+"""Set by the node in every response, whatever the request held."""
 
 Admission = Callable[[Any], int | None]
 """The audit row id of an association the access check admitted (``None``: not admitted)."""
@@ -82,8 +83,8 @@ def _text(value: Any) -> str:
 
 
 def read_identifier(identifier: Dataset, model: InformationModel) -> tuple[Query, Dataset]:
-    """The ``Query`` of a received identifier, and the requested elements that the index does not know
-    (returned empty as they were asked). ``QueryError`` if it does not fit the model."""
+    """The ``Query`` of a received identifier, and the requested elements that the index does not answer
+    (sequences, returned empty; Instance Availability, ONLINE). ``QueryError`` if it does not fit."""
     level = parse_level(_text(identifier.get("QueryRetrieveLevel")))
     keys: dict[str, str] = {}
     unknown = Dataset()
@@ -93,6 +94,9 @@ def read_identifier(identifier: Dataset, model: InformationModel) -> tuple[Query
             continue
         if element.VR == "SQ":
             unknown.add_new(element.tag, "SQ", [])
+            continue
+        if keyword == "InstanceAvailability":
+            unknown.InstanceAvailability = "ONLINE"  # every indexed instance is in the store
             continue
         keys[keyword] = _text(element.value).strip()
     return Query(model, level, keys), unknown

@@ -112,9 +112,19 @@ def test_findscu_each_level_wildcards_and_ranges(loaded: NodeUnderTest, tmp_path
 
     # Patient root, STUDY level under the patient.
     studies = _findscu(
-        node, tmp_path / "ps", "-P", "QueryRetrieveLevel=STUDY", "PatientID=TSEXAMPLE01", "StudyInstanceUID"
+        node,
+        tmp_path / "ps",
+        "-P",
+        "QueryRetrieveLevel=STUDY",
+        "PatientID=TSEXAMPLE01",
+        "StudyInstanceUID",
+        "RetrieveAETitle",
+        "InstanceAvailability",
+        "PatientAge",
     )
     assert [s.StudyInstanceUID for s in studies] == [CT_STUDY]
+    assert studies[0].RetrieveAETitle == "NODE" and studies[0].InstanceAvailability == "ONLINE"
+    assert "PatientAge" in studies[0] and studies[0].PatientAge in (None, "")  # not indexed: empty
 
     # Study root: a date range finds the CT only, an open range both; ModalitiesInStudy matches a list.
     in_2022 = _findscu(
@@ -380,6 +390,25 @@ def test_refusals_then_the_cli(loaded: NodeUnderTest, pacs: Pacs) -> None:
     assert find(StudyRootQueryRetrieveInformationModelFind, ok).Status == 0x0000
     assert "QRSCU" in node.log("serve.log") and "TSEXAMPLE01" not in node.log("serve.log")
 
+    # dicom-node find / move / status against the same node.
+    here = f"NODE@127.0.0.1:{node.port}"
+    found = node.cli("find", "STUDY", "--to", here, "-k", "PatientName=example*", "--json")
+    assert found.returncode == 0, found.stderr
+    rows = json.loads(found.stdout)
+    assert [(r["StudyInstanceUID"], r["ModalitiesInStudy"]) for r in rows] == [(CT_STUDY, "CT")]
+    bad = node.cli("find", "STUDY", "--to", here, "-k", "StudyDate=yesterday")
+    assert bad.returncode == 1 and "0xA900" in bad.stderr and "StudyDate" in bad.stderr
+    moved = node.cli("move", CXR_STUDY, "--to", pacs.ae_title, "--from", here, "--json")
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert json.loads(moved.stdout)["completed"] == 1
+    wait_for(lambda: len(pacs.received()) == 1, 10, "the radiograph at the PACS")
+    refused = node.cli("move", CXR_STUDY, "--to", "NOSUCHAE", "--from", here)
+    assert refused.returncode == 1 and "0xA801" in refused.stdout
+    status = node.cli("status", "--json")
+    assert status.returncode == 0, status.stderr
+    today = json.loads(status.stdout)["query_retrieve_today"]
+    assert today["find"] >= 6 and today["move"] >= 4 and today["instances_sent"] >= 1
+
 
 def test_the_nodes_own_results_are_found_and_retrieved(tmp_path, redis_db, pacs, node_factory) -> None:
     """An SR the node wrote (fixed test pipeline, stored through ingest) is found like a received one."""
@@ -428,25 +457,6 @@ def test_the_nodes_own_results_are_found_and_retrieved(tmp_path, redis_db, pacs,
         "SOPClassUID",
     )
     assert [i.SOPInstanceUID for i in images] == [sop_uid]
-
-    # dicom-node find / move / status against the same node.
-    here = f"NODE@127.0.0.1:{node.port}"
-    found = node.cli("find", "STUDY", "--to", here, "-k", "PatientName=example*", "--json")
-    assert found.returncode == 0, found.stderr
-    rows = json.loads(found.stdout)
-    assert [(r["StudyInstanceUID"], r["ModalitiesInStudy"]) for r in rows] == [(CT_STUDY, "CT")]
-    bad = node.cli("find", "STUDY", "--to", here, "-k", "StudyDate=yesterday")
-    assert bad.returncode == 1 and "0xA900" in bad.stderr and "StudyDate" in bad.stderr
-    moved = node.cli("move", CXR_STUDY, "--to", pacs.ae_title, "--from", here, "--json")
-    assert moved.returncode == 0, moved.stdout + moved.stderr
-    assert json.loads(moved.stdout)["completed"] == 1
-    wait_for(lambda: len(pacs.received()) == 1, 10, "the radiograph at the PACS")
-    refused = node.cli("move", CXR_STUDY, "--to", "NOSUCHAE", "--from", here)
-    assert refused.returncode == 1 and "0xA801" in refused.stdout
-    status = node.cli("status", "--json")
-    assert status.returncode == 0, status.stderr
-    today = json.loads(status.stdout)["query_retrieve_today"]
-    assert today["find"] >= 6 and today["move"] >= 4 and today["instances_sent"] >= 1
 
 
 def test_partial_failure_warns_with_the_failed_instances(
