@@ -124,12 +124,12 @@ def send(port: int, ae_title: str, studies: list[Study]) -> float:
     for sop_class in SOP_CLASSES.values():
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
     started = time.perf_counter()
-    for start in range(0, len(studies), 2000):  # a fresh association now and then
+    for start in range(0, len(studies), 500):  # a fresh association now and then
         assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
         assert assoc.is_established, f"{ae_title} refused the association"
         _nodelay(assoc)
         try:
-            for study in studies[start : start + 2000]:
+            for study in studies[start : start + 500]:
                 status = assoc.send_c_store(study.path)
                 assert status.Status == 0, f"{ae_title}: status 0x{status.Status:04X}"
         finally:
