@@ -11,6 +11,9 @@
     │   ├── IndexUnavailableError   the index (or the audit trail) cannot be written (0xA700)
     │   ├── InstanceTooLargeError   the data set is larger than ``max_instance_bytes`` (0xA700)
     │   └── NotAdmittedError        C-STORE on an association the access check did not admit (0x0124)
+    ├── QueryError                  a C-FIND/C-MOVE/C-GET or QIDO-RS query the node cannot answer
+    │                               (carries a DICOM status: 0xA900 identifier does not match, 0xC000
+    │                               range unable to process)
     ├── StoreMissingError           the index holds instances but the store root is missing or empty
     ├── TransientJobError           a job that may succeed on retry (database or storage briefly away)
     ├── TransientSendError          a delivery that may succeed later (peer down, timeout)
@@ -88,6 +91,20 @@ class NotAdmittedError(IngestError):
     """A C-STORE arrived on an association the access check never admitted (Refused: Not Authorized)."""
 
     status = 0x0124
+
+
+class QueryError(DicomNodeError):
+    """A query identifier that is malformed or asks what the information model does not hold.
+
+    ``status`` is the DIMSE status to answer (0xA900 by default: identifier does not match SOP class).
+    """
+
+    status: int = 0xA900
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
 
 
 class StoreMissingError(DicomNodeError):

@@ -29,7 +29,7 @@ from dicom_node.cli.support import (
 from dicom_node.config import Settings
 from dicom_node.errors import DicomNodeError
 from dicom_node.index.database import Database
-from dicom_node.index.models import Instance, Series, Study
+from dicom_node.index.models import AssociationRecord, Instance, Series, Study, utcnow
 
 app = typer.Typer(help="A DICOM node that receives, analyses and returns studies.", no_args_is_help=True)
 db_app = typer.Typer(help="Index database maintenance.", no_args_is_help=True)
@@ -105,12 +105,34 @@ def status_document(database: Database) -> dict[str, Any]:
         ).one()
         series_count = session.scalar(select(func.count(Series.id))) or 0
         last = session.scalar(select(func.max(Instance.received_at)))
+        midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+        # Counted when each association ends (the audit row), so a live one shows after its release.
+        qr_counts = session.execute(
+            select(
+                *(
+                    func.coalesce(func.sum(column), 0)
+                    for column in (
+                        AssociationRecord.find_requests,
+                        AssociationRecord.move_requests,
+                        AssociationRecord.get_requests,
+                        AssociationRecord.instances_sent,
+                    )
+                )
+            ).where(AssociationRecord.started_at >= midnight)
+        ).one()
+        finds, moves, gets, sent = (int(value) for value in qr_counts)
     return {
         "studies": {"total": sum(by_state.values()), "by_state": by_state},
         "series": series_count,
         "instances": int(totals[0]),
         "bytes": int(totals[1]),
         "last_received_at": iso(last),
+        "query_retrieve_today": {
+            "find": int(finds),
+            "move": int(moves),
+            "get": int(gets),
+            "instances_sent": int(sent),
+        },
         "database": database.engine.url.render_as_string(hide_password=True),
         "schema_revision": database.current_revision(),
     }
@@ -152,6 +174,11 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     table.add_row("series / instances", f"{document['series']} / {document['instances']}")
     table.add_row("stored", f"{document['bytes'] / 1e6:.1f} MB")
     table.add_row("last received", document["last_received_at"] or "never")
+    qr = document["query_retrieve_today"]
+    table.add_row(
+        "Q/R today (UTC)",
+        f"{qr['find']} C-FIND, {qr['move']} C-MOVE, {qr['get']} C-GET; {qr['instances_sent']} instances sent",
+    )
     table.add_row("index", f"{document['database']} (schema {document['schema_revision']})")
     web = document["dicomweb"]
     if web["enabled"]:
@@ -172,13 +199,15 @@ def db_upgrade(config: ConfigOption = None) -> None:
     console.print(f"index at schema revision {database.current_revision()}")
 
 
-from dicom_node.cli import network, studies  # noqa: E402
+from dicom_node.cli import network, query, studies  # noqa: E402
 from dicom_node.cli.jobs import pipeline_line, register, status_extras  # noqa: E402
 
 app.command()(studies.studies)
 app.command()(studies.audit)
 app.command()(network.echo)
 app.command()(network.send)
+app.command()(query.find)
+app.command()(query.move)
 
 register(app)
 

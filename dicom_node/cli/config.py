@@ -30,7 +30,7 @@ from dicom_node.workflow.routing import DEFAULT_ROUTES
 
 app = typer.Typer(help="Check the settings.", no_args_is_help=True)
 
-_TABLES = ("timeouts", "access", "jobs", "tls", "dicomweb")
+_TABLES = ("timeouts", "access", "jobs", "tls", "dicomweb", "query_retrieve")
 _LISTS = ("destinations", "routes")
 _NOT_SETTINGS = {"config"}
 

@@ -106,6 +106,14 @@ def studies(
             )
 
 
+def _qr_cell(row: dict[str, Any]) -> str:
+    """``2F 1M 0G →20``: C-FIND, C-MOVE, C-GET requests and instances sent; empty without any."""
+    keys = ("find_requests", "move_requests", "get_requests", "instances_sent")
+    if not any(row[k] for k in keys):
+        return ""
+    return f"{row['find_requests']}F {row['move_requests']}M {row['get_requests']}G →{row['instances_sent']}"
+
+
 def audit(
     config: ConfigOption = None,
     limit: Annotated[int, typer.Option(help="How many of the newest associations.")] = 50,
@@ -133,13 +141,17 @@ def audit(
                 "instances_accepted": r.instances_accepted,
                 "instances_refused": r.instances_refused,
                 "bytes_accepted": r.bytes_accepted,
+                "find_requests": r.find_requests,
+                "move_requests": r.move_requests,
+                "get_requests": r.get_requests,
+                "instances_sent": r.instances_sent,
             }
             for r in records
         ]
     if as_json:
         console.print_json(json.dumps({"associations": rows}))
         return
-    table = Table("#", "Calling AE", "Peer", "Started", "Outcome", "Accepted", "Refused", "Reason")
+    table = Table("#", "Calling AE", "Peer", "Started", "Outcome", "Accepted", "Refused", "Q/R", "Reason")
     for r in rows:
         table.add_row(
             str(r["id"]),
@@ -149,6 +161,7 @@ def audit(
             str(r["outcome"]),
             str(r["instances_accepted"]),
             str(r["instances_refused"]),
+            _qr_cell(r),
             str(r["reason"] or ""),
         )
     console.print(table)

@@ -2,7 +2,8 @@
 
     values.py    one validator per kind of value (durations, ports, AE titles, networks, paths)
     routes.py    ``[[routes]]`` specs and their vocabulary; ``workflow.routing`` compiles them
-    tables.py    ``[access]``, ``[tls]``, ``[timeouts]``, ``[[destinations]]``, ``[jobs]``
+    tables.py    ``[access]``, ``[tls]``, ``[timeouts]``, ``[[destinations]]``, ``[jobs]``,
+                 ``[query_retrieve]``
     settings.py  ``Settings``
     sources.py   ``load_settings``: file, environment and flags, each value's origin, every error at once
 
@@ -32,6 +33,7 @@ from dicom_node.config.tables import (
     DicomWebSettings,
     DimseTimeouts,
     JobSettings,
+    QueryRetrieveSettings,
     TlsConfig,
     parse_address,
 )
@@ -57,6 +59,7 @@ __all__ = [
     "NumberTest",
     "Origin",
     "Problem",
+    "QueryRetrieveSettings",
     "ResolvedSettings",
     "RouteSpec",
     "Settings",

@@ -28,6 +28,7 @@ from dicom_node.config.tables import (
     DicomWebSettings,
     DimseTimeouts,
     JobSettings,
+    QueryRetrieveSettings,
     TlsConfig,
 )
 from dicom_node.config.values import (
@@ -89,6 +90,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     analysis: AnalysisSettings = AnalysisSettings()
     dicomweb: DicomWebSettings = DicomWebSettings()
+    query_retrieve: QueryRetrieveSettings = QueryRetrieveSettings()
     routes: tuple[RouteSpec, ...] = ()
     """Empty: the shipped ``workflow.routing.DEFAULT_ROUTES`` apply."""
 
@@ -175,6 +177,14 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    def move_destination(self, ae_title: str) -> Destination | None:
+        """The C-MOVE destination with ``ae_title``: a ``[query_retrieve]`` peer, else a destination."""
+        wanted = ae_title.strip()
+        for destination in (*self.query_retrieve.peers, *self.destinations):
+            if destination.ae_title == wanted:
+                return destination
+        return None
 
     def destination(self, name: str) -> Destination:
         for destination in self.destinations:

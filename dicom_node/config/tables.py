@@ -155,6 +155,42 @@ class Destination(Table):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+class QueryRetrieveSettings(Table):
+    """The ``[query_retrieve]`` table: where C-MOVE may send, and who may move where.
+
+    A move destination is found by its AE title among ``peers`` (move-only peers, which get no results)
+    and then ``[[destinations]]``. ``moves`` maps a calling AE title (or ``"*"``, anyone admitted) to the
+    destination AE titles it may move to (``"*"``: every known one). Without an entry for a caller, it
+    may move only to its own AE title, as a viewer or PACS retrieving into itself does.
+    """
+
+    peers: tuple[Destination, ...] = ()
+    moves: dict[str, tuple[str, ...]] = {}
+
+    @field_validator("moves", mode="before")
+    @classmethod
+    def _moves(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: comma_list(v) if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("peers")
+    @classmethod
+    def _plain_peers(cls, peers: tuple[Destination, ...]) -> tuple[Destination, ...]:
+        for peer in peers:
+            if peer.tls:
+                raise invalid(f"peer {peer.name!r}: C-MOVE over TLS is not supported yet; remove tls")
+        return peers
+
+    def may_move(self, calling_ae: str, destination_ae: str) -> bool:
+        """Whether ``calling_ae`` may ask for a C-MOVE to ``destination_ae``."""
+        calling, destination = calling_ae.strip(), destination_ae.strip()
+        allowed = self.moves.get(calling, self.moves.get("*"))
+        if allowed is None:
+            return destination == calling
+        return "*" in allowed or destination in allowed
+
+
 class AnalysisSettings(Table):
     """The ``[analysis]`` table."""
 
@@ -247,6 +283,7 @@ __all__ = [
     "DicomWebSettings",
     "DimseTimeouts",
     "JobSettings",
+    "QueryRetrieveSettings",
     "TlsConfig",
     "parse_address",
 ]

@@ -34,6 +34,7 @@ from dicom_node.edge import wakeup
 from dicom_node.edge.commitment import CommitmentService
 from dicom_node.edge.mpps import MppsService
 from dicom_node.edge.receive import StreamingDimse
+from dicom_node.edge.retrieve import prefer_requested_syntaxes
 from dicom_node.errors import (
     IndexUnavailableError,
     IngestError,
@@ -171,6 +172,7 @@ class EdgeHandlers:
             address, port = _peer(assoc)
             refusal = self.refusal_reason(calling, called, address)
             if refusal is None:
+                prefer_requested_syntaxes(assoc)
                 assoc.dimse = StreamingDimse(assoc, self._open_incoming)
                 self._admitted[assoc] = _Admission()
                 return
@@ -295,6 +297,21 @@ class EdgeHandlers:
             with self._cond:
                 self._in_flight -= 1
                 self._cond.notify_all()
+
+    def admitted_record(self, assoc: Association) -> int | None:
+        """The audit row id of an admitted association (written now if it could not be at acceptance);
+        ``None`` when the access check did not admit it or its audit row cannot be written: the C-FIND,
+        C-MOVE and C-GET handlers (``edge/query.py``, ``edge/retrieve.py``) refuse then."""
+        admission = self._admitted.get(assoc)
+        if admission is None:
+            return None
+        if admission.record_id is None:
+            try:
+                return self._open_audit_row(assoc, admission)
+            except Exception:
+                LOG.exception("audit trail unavailable: refusing the query")
+                return None
+        return admission.record_id
 
     def _open_incoming(self, header: bytes) -> IncomingFile:
         return IncomingFile(self.ingest.store, header, limit=self.max_instance_bytes)

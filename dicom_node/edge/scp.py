@@ -12,6 +12,7 @@ import ssl
 import time
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityPerformedProcedureStep,
     Verification,
@@ -22,6 +23,8 @@ from dicom_node.config import Settings, TlsConfig
 from dicom_node.edge.commitment import STORAGE_COMMITMENT, CommitmentService, Evidence
 from dicom_node.edge.handlers import EdgeHandlers
 from dicom_node.edge.mpps import MppsService
+from dicom_node.edge.query import MODELS, FindService
+from dicom_node.edge.retrieve import RetrieveService
 from dicom_node.index.audit import AuditTrail
 from dicom_node.index.models import utcnow
 from dicom_node.storage.ingest import Ingest
@@ -31,7 +34,8 @@ LOG = logging.getLogger(__name__)
 
 
 def build_ae(settings: Settings) -> AE:
-    """An AE that accepts C-ECHO and every storage SOP class in every transfer syntax pynetdicom knows."""
+    """An AE that accepts C-ECHO, every storage SOP class in every transfer syntax pynetdicom knows (also
+    in the SCP role, for C-GET's sub-operations), and the Patient and Study Root FIND, MOVE and GET."""
     ae = AE(ae_title=settings.ae_title)
     # The largest PDU a peer may send us: what one association holds of an instance in memory at a
     # time (data sets stream to disk, edge/receive.py). 0 would mean unlimited.
@@ -51,7 +55,12 @@ def build_ae(settings: Settings) -> AE:
     ae.add_supported_context(ModalityPerformedProcedureStep, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            # A C-GET requestor proposes SCP/SCU role selection for the storage it wants to receive.
+            ae.add_supported_context(
+                context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            )
+    for sop_class in MODELS:
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     return ae
 
 
@@ -94,6 +103,11 @@ class EdgeServer:
             mpps=MppsService(ingest.database, on_evidence),
             on_release=self._record_release,
         )
+        audit = self.handlers.audit
+        self.find = FindService(settings.ae_title, ingest.database, audit, self.handlers.admitted_record)
+        self.retrieve = RetrieveService(
+            settings, ingest.database, ingest.store, audit, self.handlers.admitted_record
+        )
         self.server: ThreadedAssociationServer | None = None
 
     def _record_release(self, association_id: int) -> None:
@@ -103,6 +117,10 @@ class EdgeServer:
             # Look again once the settle time has passed (plus a little for the clock's resolution).
             self.on_evidence(self.settings.association_settle + 0.01)
 
+    def bindings(self) -> list[EventHandlerType]:
+        """Every handler: the association life cycle, C-ECHO and C-STORE, C-FIND, C-MOVE and C-GET."""
+        return [*self.handlers.bindings(), *self.find.bindings(), *self.retrieve.bindings()]
+
     def start(self) -> tuple[str, int]:
         """Start listening in background threads; returns the bound (host, port)."""
         ssl_context = server_ssl_context(self.settings.tls) if self.settings.tls else None
@@ -110,7 +128,7 @@ class EdgeServer:
             (self.settings.host, self.settings.port),
             block=False,
             ssl_context=ssl_context,
-            evt_handlers=self.handlers.bindings(),
+            evt_handlers=self.bindings(),
         )
         assert server is not None
         self.server = server

@@ -19,6 +19,10 @@ class _Counts:
     accepted: int = 0
     refused: int = 0
     bytes_accepted: int = 0
+    find: int = 0
+    move: int = 0
+    get: int = 0
+    sent: int = 0
 
 
 class AuditTrail:
@@ -76,6 +80,20 @@ class AuditTrail:
             if counts is not None:
                 counts.refused += 1
 
+    def queried(self, record_id: int, service: str) -> None:
+        """One C-FIND, C-MOVE or C-GET request (``service`` ``find``, ``move`` or ``get``)."""
+        with self._lock:
+            counts = self._counts.get(record_id)
+            if counts is not None:
+                setattr(counts, service, getattr(counts, service) + 1)
+
+    def sent(self, record_id: int, instances: int) -> None:
+        """Instances a C-MOVE or C-GET of the association sent successfully."""
+        with self._lock:
+            counts = self._counts.get(record_id)
+            if counts is not None:
+                counts.sent += instances
+
     def closed(self, record_id: int, outcome: AssociationOutcome, reason: str | None = None) -> None:
         with self._lock:
             counts = self._counts.pop(record_id, _Counts())
@@ -90,6 +108,10 @@ class AuditTrail:
                     instances_accepted=counts.accepted,
                     instances_refused=counts.refused,
                     bytes_accepted=counts.bytes_accepted,
+                    find_requests=counts.find,
+                    move_requests=counts.move,
+                    get_requests=counts.get,
+                    instances_sent=counts.sent,
                 )
             )
 

@@ -110,6 +110,12 @@ class Study(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    """Patient's Name as received (PN, up to three component groups: ``alphabetic=ideographic=...``)."""
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    study_id: Mapped[str | None] = mapped_column(String(16))
+    referring_physician_name: Mapped[str | None] = mapped_column(String(324))
     accession_number: Mapped[str | None] = mapped_column(String(64))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_time: Mapped[str | None] = mapped_column(String(16))
@@ -135,6 +141,14 @@ class Study(Base):
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
 
+    # What C-FIND and QIDO-RS match on most (index/query.py).
+    __table_args__ = (
+        Index("ix_study_patient_id", "patient_id"),
+        Index("ix_study_study_date", "study_date"),
+        Index("ix_study_accession_number", "accession_number"),
+        Index("ix_study_patient_name", "patient_name"),
+    )
+
 
 class Series(Base):
     __tablename__ = "series"
@@ -147,6 +161,7 @@ class Series(Base):
     series_description: Mapped[str | None] = mapped_column(String(64))
     series_number: Mapped[int | None] = mapped_column(Integer)
     series_date: Mapped[str | None] = mapped_column(String(8))
+    series_time: Mapped[str | None] = mapped_column(String(16))
     protocol_name: Mapped[str | None] = mapped_column(String(64))
     image_type: Mapped[str | None] = mapped_column(String(128))
     orientation: Mapped[str | None] = mapped_column(String(16))
@@ -214,6 +229,11 @@ class AssociationRecord(Base):
     instances_accepted: Mapped[int] = mapped_column(Integer, default=0)
     instances_refused: Mapped[int] = mapped_column(Integer, default=0)
     bytes_accepted: Mapped[int] = mapped_column(BigInteger, default=0)
+    find_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    move_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    get_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    instances_sent: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """C-STORE sub-operations of this association's C-MOVE and C-GET requests that succeeded."""
 
     __table_args__ = (Index("ix_association_started_at", "started_at"),)
 

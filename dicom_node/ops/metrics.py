@@ -16,6 +16,8 @@ Counters (``_total`` is added on exposition):
   (and STOW-RS parts refused, ``reason="stow"``);
 * ``dicom_node_refused_associations{reason=address|calling_ae_title|called_ae_title}``;
 * ``dicom_node_dicomweb_requests{service=qido|wado|stow|other, status}`` — HTTP requests answered;
+* ``dicom_node_query_requests{service=find|move|get, status}`` — Q/R requests by final status;
+* ``dicom_node_query_matches{service}`` — C-FIND matches sent, instances C-MOVE/C-GET sent;
 * ``dicom_node_jobs_finished{pipeline, outcome=succeeded|failed|skipped|retried}``;
 * ``dicom_node_delivery_attempts{destination}``, ``dicom_node_delivery_failures{destination}`` (failed
   attempts) and ``dicom_node_deliveries_finished{destination, outcome=delivered|failed}``.
@@ -75,6 +77,16 @@ JOBS_FINISHED = Counter(
     "dicom_node_jobs_finished",
     "Analysis jobs that ended, or went back to the queue.",
     ["pipeline", "outcome"],
+)
+QUERY_REQUESTS = Counter(
+    "dicom_node_query_requests",
+    "C-FIND, C-MOVE and C-GET requests answered, by final status.",
+    ["service", "status"],
+)
+QUERY_MATCHES = Counter(
+    "dicom_node_query_matches",
+    "Pending C-FIND responses sent, and instances C-MOVE/C-GET sub-operations sent successfully.",
+    ["service"],
 )
 DELIVERY_ATTEMPTS = Counter("dicom_node_delivery_attempts", "Delivery attempts started.", ["destination"])
 DELIVERY_FAILURES = Counter("dicom_node_delivery_failures", "Failed delivery attempts.", ["destination"])

@@ -236,6 +236,11 @@ def describe_instance(
         series_number = _integer(ds, "SeriesNumber")
         study = {
             "patient_id": _text(ds, "PatientID"),
+            "patient_name": _text(ds, "PatientName", 324),
+            "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+            "patient_sex": _text(ds, "PatientSex", 16),
+            "study_id": _text(ds, "StudyID", 16),
+            "referring_physician_name": _text(ds, "ReferringPhysicianName", 324),
             "accession_number": _text(ds, "AccessionNumber"),
             "study_date": _text(ds, "StudyDate", 8),
             "study_time": _text(ds, "StudyTime", 16),
@@ -257,6 +262,7 @@ def describe_instance(
             "series_description": _text(ds, "SeriesDescription"),
             "series_number": series_number,
             "series_date": _text(ds, "SeriesDate", 8),
+            "series_time": _text(ds, "SeriesTime", 16),
             "protocol_name": _text(ds, "ProtocolName"),
             "image_type": _text(ds, "ImageType", 128),
             "orientation": orientation_of(geometry),

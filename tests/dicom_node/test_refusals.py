@@ -12,7 +12,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
+from pynetdicom.sop_class import (  # the retired Patient/Study Only model: a service the node lacks
+    PatientStudyOnlyQueryRetrieveInformationModelFind,
+    Verification,
+)
 from sqlalchemy import func, select
 
 from dicom_node.config import AccessPolicy
@@ -179,16 +182,16 @@ def test_truncated_dataset_is_refused(make_settings, run_node, tmp_path):
 def test_unsupported_service_is_refused_and_the_node_serves_on(make_settings, run_node):
     node = run_node(make_settings())
     ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(PatientStudyOnlyQueryRetrieveInformationModelFind)
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", node.address[1], ae_title="DICOMNODE")
     assert assoc.is_established
     try:
         (rejected,) = assoc.rejected_contexts
-        assert rejected.abstract_syntax == StudyRootQueryRetrieveInformationModelFind
+        assert rejected.abstract_syntax == PatientStudyOnlyQueryRetrieveInformationModelFind
         assert rejected.result == 0x03  # abstract syntax not supported
         with pytest.raises(ValueError, match="No presentation context"):
-            next(assoc.send_c_find(Dataset(), StudyRootQueryRetrieveInformationModelFind))
+            next(assoc.send_c_find(Dataset(), PatientStudyOnlyQueryRetrieveInformationModelFind))
     finally:
         assoc.release()
     assert_serves_next(node)
