@@ -35,6 +35,7 @@ class SourceIndex:
             uid = str(ds.get("SOPInstanceUID", ""))
             if not uid:
                 raise ValueError("A source instance has no SOP Instance UID.")
+            add_missing_type2(ds)
             studies.add(str(ds.get("StudyInstanceUID", "")))
             self._by_uid[uid] = ds
         if len(studies) != 1 or "" in studies:
@@ -94,6 +95,20 @@ _TYPE2_KEYWORDS = frozenset(
         "AccessionNumber",
     }
 )
+
+
+def add_missing_type2(ds: pydicom.Dataset) -> list[str]:
+    """Give a source the Type 2 patient and study attributes it lacks, empty; returns their keywords.
+
+    Modalities leave them out (a de-identified radiograph without Patient's Name or Birth Date is common)
+    although they are Type 2; highdicom reads them from the first source as attributes and would fail
+    with a bare ``AttributeError``. Empty is what the standard says an unknown Type 2 value is, so the
+    result carries them empty too. Only the in-memory data set changes, never the stored file.
+    """
+    added = sorted(keyword for keyword in _TYPE2_KEYWORDS if keyword not in ds)
+    for keyword in added:
+        setattr(ds, keyword, None)
+    return added
 
 
 def drop_invalid_values(ds: pydicom.Dataset) -> list[str]:
