@@ -46,6 +46,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 REPO = Path(__file__).resolve().parents[1]
+STALL = 30.0
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 FAMILIES = [f"{chr(65 + i)}{'ABCDEFGH'[i % 8]}SMITH" for i in range(26)]
@@ -119,21 +120,39 @@ def _nodelay(assoc: object) -> None:
 
 
 def send(port: int, ae_title: str, studies: list[Study]) -> float:
+    """C-STORE every study's file; returns the seconds it took. An answer that does not come within
+    ``STALL`` seconds (seen on this shared machine, on both servers: both sides idle on an established
+    association) is reported, and that instance is sent again on a fresh association."""
     ae = AE(ae_title="BENCHSCU")
-    ae.dimse_timeout = ae.network_timeout = 600  # a loaded machine's fsync can stall for long
+    ae.dimse_timeout = STALL
+    ae.network_timeout = 600
     for sop_class in SOP_CLASSES.values():
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
     started = time.perf_counter()
-    for start in range(0, len(studies), 500):  # a fresh association now and then
+    index, stalls = 0, 0
+    while index < len(studies):
         assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
         assert assoc.is_established, f"{ae_title} refused the association"
         _nodelay(assoc)
         try:
-            for study in studies[start : start + 500]:
-                status = assoc.send_c_store(study.path)
+            for _ in range(500):  # a fresh association now and then
+                if index == len(studies):
+                    break
+                status = assoc.send_c_store(studies[index].path)
+                if "Status" not in status:
+                    stalls += 1
+                    print(
+                        f"  {ae_title}: no answer within {STALL} s to instance {index + 1}; sending it again"
+                    )
+                    assert stalls < 5, "too many stalls"
+                    break
                 assert status.Status == 0, f"{ae_title}: status 0x{status.Status:04X}"
+                index += 1
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
+            else:
+                assoc.abort()
     return time.perf_counter() - started
 
 
