@@ -61,6 +61,7 @@ class Node:
             self.web = WebServer(settings.dicomweb, settings.access, self.database, self.store, self.ingest)
         self.on_complete = on_complete
         self._stop = threading.Event()
+        self._signalled = threading.Event()
         self._wake = threading.Event()
         self._assembler: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
@@ -138,15 +139,20 @@ class Node:
             self.metrics.stop()
         self.database.dispose()
 
-    def run_until_signalled(self, grace: float = 30.0) -> None:
-        """Block until SIGTERM or SIGINT, then stop gracefully."""
-        stop = threading.Event()
+    def catch_signals(self) -> None:
+        """From now on SIGTERM and SIGINT ask for a graceful stop (call before ``start``: a signal that
+        comes while the node starts, or just after it listens, then stops it gracefully too)."""
 
         def _signalled(signum: int, _frame: FrameType | None) -> None:
             LOG.info("received %s: finishing in-flight stores, then exiting", signal.Signals(signum).name)
-            stop.set()
+            self._signalled.set()
 
         signal.signal(signal.SIGTERM, _signalled)
         signal.signal(signal.SIGINT, _signalled)
-        stop.wait()
+
+    def run_until_signalled(self, grace: float = 30.0) -> None:
+        """Block until SIGTERM or SIGINT, then stop gracefully."""
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self.catch_signals()
+        self._signalled.wait()
         self.stop(grace)

@@ -71,6 +71,7 @@ def serve(
             config_file=config,
             metrics_port=metrics_port,
         )
+        node.catch_signals()
         report = node.start()
     except (DicomNodeError, OSError) as error:
         if settings.log_format == "json":

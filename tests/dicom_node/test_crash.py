@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import time
 
 from tests.factories import write_ct_series
 from tests.serving import assert_consistent, free_port, send_until, start_serve
@@ -44,3 +46,22 @@ def test_sigterm_finishes_in_flight_stores_then_exits(tmp_path):
     assert len(acknowledged) >= 80
     assert "SIGTERM" in log.read_text()
     assert_consistent(data_dir, acknowledged)
+
+
+def test_sigterm_does_not_wait_for_a_connection_that_never_associated(tmp_path):
+    """A health check's bare TCP connect is not an association: SIGTERM must not wait the grace period
+    (30 s) for it. pynetdicom keeps such a connection until the ACSE timeout; stop() used to count it as
+    an association with work to finish."""
+    data_dir, port, log = tmp_path / "var", free_port(), tmp_path / "serve.log"
+    proc = start_serve(data_dir, port, log)  # its readiness probe is exactly such a connect
+    with socket.create_connection(("127.0.0.1", port)):  # and one still open at SIGTERM
+        started = time.monotonic()
+        proc.terminate()
+        try:
+            assert proc.wait(20) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    # Well inside the 30 s grace; a store in flight would still be waited for (the test above).
+    assert time.monotonic() - started < 20
+    assert "after the grace period" not in log.read_text()
