@@ -1,0 +1,114 @@
+"""The embedded broker loses no message to a torn read (``dicom_node.jobs.fs_transport``).
+
+Real processes, no mocks: two publisher processes send delivery ids through the node's Celery app while a
+consumer process drains the ``io`` queue with the node's transport, polling every millisecond. Every id
+must arrive exactly once and decode. ``bench/fs_transport.py`` runs the same against kombu's stock
+transport, which reads a file between its create and its write now and then.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kombu import Exchange, Queue
+
+from dicom_node.config import JobSettings, Settings
+from dicom_node.jobs.celery_app import IO_QUEUE, TaskQueue, create_app
+
+REPO = Path(__file__).resolve().parents[2]
+PEER = REPO / "tests" / "jobs" / "fs_queue_peer.py"
+PUBLISHERS = 2
+PER_PUBLISHER = 600
+
+
+def _env() -> dict[str, str]:
+    # the shared virtualenv's editable install points at another checkout: test this one
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _wait_for(path: Path, deadline: float) -> None:
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.02)
+
+
+def test_concurrent_publish_and_drain_delivers_every_message_once(tmp_path: Path) -> None:
+    total = PUBLISHERS * PER_PUBLISHER
+    report = tmp_path / "report.json"
+    consumer = subprocess.Popen(
+        [sys.executable, str(PEER), "consume", str(tmp_path), str(total), str(report)], env=_env()
+    )
+    try:
+        _wait_for(report.with_suffix(".ready"), time.monotonic() + 20)
+        publishers = [
+            subprocess.Popen(
+                [sys.executable, str(PEER), "publish", str(tmp_path), str(n * PER_PUBLISHER), str(PER_PUBLISHER)],
+                env=_env(),
+            )
+            for n in range(PUBLISHERS)
+        ]
+        for publisher in publishers:
+            assert publisher.wait(timeout=60) == 0
+        assert consumer.wait(timeout=60) == 0
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+    result = json.loads(report.read_text())
+    assert result["errors"] == []
+    assert sorted(result["received"]) == list(range(total))  # each once: no loss, no duplicate
+    queue = tmp_path / "queue"
+    assert os.listdir(queue / "messages") == []
+    assert os.listdir(queue / "corrupt") == []
+    assert os.listdir(queue / "claimed") == []
+
+
+def test_unreadable_message_is_set_aside_and_the_next_one_delivered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(data_dir=tmp_path, jobs=JobSettings(polling_interval=0.01))
+    app = create_app(settings)
+    messages = tmp_path / "queue" / "messages"
+    TaskQueue(app).enqueue_delivery(7)
+    (written,) = os.listdir(messages)
+    # what a stock kombu publisher leaves when it dies (or is read) between create and write
+    torn = messages / f"1_{'0' * 8}.{IO_QUEUE}.msg"
+    torn.write_bytes(b"")
+    garbage = messages / f"2_{'1' * 8}.{IO_QUEUE}.msg"
+    garbage.write_bytes(b'{"body": ')
+    assert sorted(os.listdir(messages))[-1] == written  # the whole message sorts after both
+
+    received: list[object] = []
+    queue = Queue(IO_QUEUE, Exchange(IO_QUEUE), routing_key=IO_QUEUE)
+    with caplog.at_level(logging.WARNING, logger="dicom_node.jobs.fs_transport"):
+        with app.connection_for_read() as connection:
+            with connection.Consumer(queues=[queue], accept=["json"]) as consumer:
+                consumer.register_callback(lambda body, message: (received.append(body[0]), message.ack()))
+                connection.drain_events(timeout=5)
+
+    assert received == [[7]]
+    corrupt = tmp_path / "queue" / "corrupt"
+    assert sorted(os.listdir(corrupt)) == sorted([torn.name, garbage.name])
+    assert (corrupt / garbage.name).read_bytes() == b'{"body": '  # kept for a look, not deleted
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert str(corrupt / torn.name) in warned and str(corrupt / garbage.name) in warned
+    assert os.listdir(messages) == []
+
+
+def test_publish_leaves_no_partial_file_and_uses_the_stock_layout(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    app = create_app(settings)
+    for delivery_id in range(5):
+        TaskQueue(app).enqueue_delivery(delivery_id)
+    names = os.listdir(tmp_path / "queue" / "messages")
+    assert len(names) == 5
+    assert all(name.partition(".")[2] == f"{IO_QUEUE}.msg" for name in names)  # kombu's own names
+    for name in names:
+        assert json.loads((tmp_path / "queue" / "messages" / name).read_text())["properties"]
