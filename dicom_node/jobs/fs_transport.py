@@ -15,6 +15,7 @@ still delivered. Only ``celery_app`` imports this module (``broker_transport`` f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -35,11 +36,11 @@ STALE_PART_SECONDS = 3600.0
 no acknowledgement (the reconciler re-enqueues the row), so the file is removed when a channel opens."""
 
 
-class Channel(filesystem.Channel):  # type: ignore[misc]
+class Channel(filesystem.Channel):
     """A filesystem channel whose messages appear whole (write, fsync, rename) and are read safely."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         for folder in (self.claimed_folder, self.corrupt_folder):
             folder.mkdir(parents=True, exist_ok=True)
         self._remove_stale_parts()
@@ -54,12 +55,13 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
         default = Path(self.data_folder_in).parent / "corrupt"
         return Path(self.transport_options.get("corrupt_folder", default))
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    # kombu's two base classes name the argument differently (message, payload): keep the parent's
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Publish ``payload`` on ``queue``: written under a ``.part`` name, fsynced, renamed."""
         name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         part = final + PART_SUFFIX
-        data = dumps(payload).encode("utf-8")
+        data = dumps(payload).encode("utf-8")  # type: ignore[no-untyped-call]
         try:
             descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -74,7 +76,7 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
             _remove_quietly(part)
             raise ChannelError(f"cannot add message {final!r} to the queue folder: {error}") from error
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
         """The oldest whole message of ``queue``; unreadable files go to ``corrupt/`` with a warning."""
         wanted = f"{queue}.msg"
         for name in sorted(os.listdir(self.data_folder_in)):
@@ -88,7 +90,7 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
             except OSError as error:
                 raise ChannelError(f"cannot claim message {name!r}: {error}") from error
             try:
-                payload = loads(claimed.read_bytes().decode("utf-8"))
+                payload = loads(claimed.read_bytes().decode("utf-8"))  # type: ignore[no-untyped-call]
             except (OSError, ValueError) as error:
                 self._set_aside(claimed, queue, error)
                 continue
@@ -128,14 +130,12 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
                 continue
 
 
-class Transport(filesystem.Transport):  # type: ignore[misc]
+class Transport(filesystem.Transport):
     """kombu's filesystem transport with :class:`Channel`."""
 
     Channel = Channel
 
 
 def _remove_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.remove(path)
-    except OSError:
-        pass

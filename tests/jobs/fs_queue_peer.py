@@ -1,8 +1,9 @@
 """A publisher or consumer of the node's embedded broker, run as its own process by tests and bench.
 
 ``python tests/jobs/fs_queue_peer.py consume DATA_DIR COUNT REPORT [--stock]`` drains the ``io`` queue
-through the node's Celery app (``create_app``) until it holds COUNT messages, saw none for 5 s after its first, or ran 50 s, and
-writes a JSON report: every delivery id received (in order) and every error a read raised.
+through the node's Celery app (``create_app``) until it holds COUNT messages, saw none for 5 s after
+its first, or ran 50 s, and writes a JSON report: every delivery id received (in order) and every
+error a read raised.
 ``publish DATA_DIR FIRST COUNT [--stock]`` sends ids FIRST..FIRST+COUNT-1 with ``TaskQueue``.
 ``--stock`` uses kombu's own ``filesystem`` transport instead of ``dicom_node.jobs.fs_transport``.
 """
@@ -44,22 +45,24 @@ def consume(app: NodeCelery, count: int, report: Path) -> None:
 
     queue = Queue(IO_QUEUE, Exchange(IO_QUEUE), routing_key=IO_QUEUE)
     started = last = time.monotonic()
-    with app.connection_for_read() as connection:
-        with Consumer(connection, queues=[queue], callbacks=[on_message], accept=["json"]):
-            report.with_suffix(".ready").write_text("ready")
-            while len(received) < count:
-                now = time.monotonic()
-                if now - started > GIVE_UP or (received and now - last > IDLE_END):
-                    break
-                before = len(received)
-                try:
-                    connection.drain_events(timeout=0.5)
-                except TimeoutError:
-                    pass
-                except Exception as error:  # the stock transport's torn read lands here
-                    errors.append(f"{type(error).__name__}: {error}")
-                if len(received) != before:
-                    started = last = time.monotonic()
+    with (
+        app.connection_for_read() as connection,
+        Consumer(connection, queues=[queue], callbacks=[on_message], accept=["json"]),
+    ):
+        report.with_suffix(".ready").write_text("ready")
+        while len(received) < count:
+            now = time.monotonic()
+            if now - started > GIVE_UP or (received and now - last > IDLE_END):
+                break
+            before = len(received)
+            try:
+                connection.drain_events(timeout=0.5)
+            except TimeoutError:
+                pass
+            except Exception as error:  # the stock transport's torn read lands here
+                errors.append(f"{type(error).__name__}: {error}")
+            if len(received) != before:
+                started = last = time.monotonic()
     report.write_text(json.dumps({"received": received, "errors": errors}))
 
 

@@ -50,7 +50,14 @@ def test_concurrent_publish_and_drain_delivers_every_message_once(tmp_path: Path
         _wait_for(report.with_suffix(".ready"), time.monotonic() + 20)
         publishers = [
             subprocess.Popen(
-                [sys.executable, str(PEER), "publish", str(tmp_path), str(n * PER_PUBLISHER), str(PER_PUBLISHER)],
+                [
+                    sys.executable,
+                    str(PEER),
+                    "publish",
+                    str(tmp_path),
+                    str(n * PER_PUBLISHER),
+                    str(PER_PUBLISHER),
+                ],
                 env=_env(),
             )
             for n in range(PUBLISHERS)
@@ -87,11 +94,13 @@ def test_unreadable_message_is_set_aside_and_the_next_one_delivered(
 
     received: list[object] = []
     queue = Queue(IO_QUEUE, Exchange(IO_QUEUE), routing_key=IO_QUEUE)
-    with caplog.at_level(logging.WARNING, logger="dicom_node.jobs.fs_transport"):
-        with app.connection_for_read() as connection:
-            with connection.Consumer(queues=[queue], accept=["json"]) as consumer:
-                consumer.register_callback(lambda body, message: (received.append(body[0]), message.ack()))
-                connection.drain_events(timeout=5)
+    with (
+        caplog.at_level(logging.WARNING, logger="dicom_node.jobs.fs_transport"),
+        app.connection_for_read() as connection,
+        connection.Consumer(queues=[queue], accept=["json"]) as consumer,
+    ):
+        consumer.register_callback(lambda body, message: (received.append(body[0]), message.ack()))
+        connection.drain_events(timeout=5)
 
     assert received == [[7]]
     corrupt = tmp_path / "queue" / "corrupt"
