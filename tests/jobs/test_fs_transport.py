@@ -8,6 +8,7 @@ transport, which reads a file between its create and its write now and then.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -121,3 +122,39 @@ def test_publish_leaves_no_partial_file_and_uses_the_stock_layout(tmp_path: Path
     assert all(name.partition(".")[2] == f"{IO_QUEUE}.msg" for name in names)  # kombu's own names
     for name in names:
         assert json.loads((tmp_path / "queue" / "messages" / name).read_text())["properties"]
+
+
+def _drain_one(settings: Settings) -> list[object]:
+    received: list[object] = []
+    app = create_app(settings)
+    queue = Queue(IO_QUEUE, Exchange(IO_QUEUE), routing_key=IO_QUEUE)
+    with (
+        app.connection_for_read() as connection,
+        connection.Consumer(queues=[queue], accept=["json"]) as consumer,
+    ):
+        consumer.register_callback(lambda body, message: (received.append(body[0]), message.ack()))
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=1)
+    return received
+
+
+def test_messages_queued_by_kombus_stock_transport_survive_the_upgrade(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, jobs=JobSettings(polling_interval=0.01))
+    before = create_app(settings)
+    before.conf.broker_transport = "filesystem"  # what a node before this change publishes with
+    TaskQueue(before).enqueue_delivery(41)
+    assert _drain_one(settings) == [[41]]
+
+
+def test_a_stale_partial_file_is_removed_and_a_fresh_one_never_delivered(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, jobs=JobSettings(polling_interval=0.01))
+    messages = tmp_path / "queue" / "messages"
+    messages.mkdir(parents=True)
+    stale = messages / f"1_{'a' * 8}.{IO_QUEUE}.msg.part"
+    fresh = messages / f"2_{'b' * 8}.{IO_QUEUE}.msg.part"
+    for part in (stale, fresh):
+        part.write_text('{"body": "half')
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    assert _drain_one(settings) == []
+    assert sorted(os.listdir(messages)) == [fresh.name]  # a publisher may still be writing it
