@@ -6,8 +6,10 @@ between create and write, read it empty (``JSONDecodeError``), and the message i
 reconciler's ``queued_lease`` runs out. Here ``_put`` writes ``<final name>.part`` (which no ``_get``,
 ours or kombu's, picks up: its suffix is not ``.<queue>.msg``), fsyncs it and ``os.replace``s it to the
 final name, so a consumer sees a whole message or none. ``_get`` claims a file by renaming it into the
-``claimed`` folder (same file system, so atomic: two consumers never both get it), and a file that cannot
-be read or decoded is logged and moved aside into the ``corrupt`` folder instead of crashing the worker.
+``claimed`` folder as ``<pid>-<name>`` (same file system, so atomic: two consumers never both get it) and
+removes it when the message is acknowledged, rejected or restored; a channel that opens puts back the
+files of processes that are gone (a worker killed with ``kill -9``). A file that cannot be read or
+decoded is logged and moved aside into the ``corrupt`` folder instead of crashing the worker.
 
 The folder layout is kombu's (``messages``, ``control``), so messages queued before an upgrade are
 still delivered. Only ``celery_app`` imports this module (``broker_transport`` for ``filesystem://``).
@@ -41,9 +43,12 @@ class Channel(filesystem.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._held: dict[str, Path] = {}
+        self._no_ack_queues: set[str] = set()
         for folder in (self.claimed_folder, self.corrupt_folder):
             folder.mkdir(parents=True, exist_ok=True)
         self._remove_stale_parts()
+        self._put_back_orphans()
 
     @property
     def claimed_folder(self) -> Path:
@@ -77,12 +82,16 @@ class Channel(filesystem.Channel):
             raise ChannelError(f"cannot add message {final!r} to the queue folder: {error}") from error
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
-        """The oldest whole message of ``queue``; unreadable files go to ``corrupt/`` with a warning."""
+        """The oldest whole message of ``queue``; unreadable files go to ``corrupt/`` with a warning.
+
+        The message is claimed as ``claimed/<pid>-<name>`` and stays there until it is acknowledged,
+        rejected or restored, so one held by a worker that was killed is put back by the next channel.
+        """
         wanted = f"{queue}.msg"
         for name in sorted(os.listdir(self.data_folder_in)):
             if name.partition(".")[2] != wanted:
                 continue
-            claimed = self.claimed_folder / name
+            claimed = self.claimed_folder / f"{os.getpid()}-{name}"
             try:
                 os.rename(os.path.join(self.data_folder_in, name), claimed)
             except FileNotFoundError:
@@ -91,15 +100,68 @@ class Channel(filesystem.Channel):
                 raise ChannelError(f"cannot claim message {name!r}: {error}") from error
             try:
                 payload = loads(claimed.read_bytes().decode("utf-8"))  # type: ignore[no-untyped-call]
-            except (OSError, ValueError) as error:
-                self._set_aside(claimed, queue, error)
+                tag = payload["properties"]["delivery_tag"]
+            except (OSError, ValueError, TypeError, KeyError) as error:
+                self._set_aside(claimed, name, queue, error)
                 continue
-            _remove_quietly(str(claimed))
+            if queue in self._no_ack_queues:
+                _remove_quietly(str(claimed))  # nobody will acknowledge it
+            else:
+                self._held[str(tag)] = claimed
             return payload
         raise Empty()
 
-    def _set_aside(self, claimed: Path, queue: str, error: Exception) -> None:
-        target = self.corrupt_folder / claimed.name
+    def basic_consume(self, queue: Any, no_ack: Any, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def basic_get(self, queue: Any, no_ack: bool = False, **kwargs: Any) -> Any:
+        message = super().basic_get(queue, no_ack, **kwargs)  # type: ignore[no-untyped-call]
+        if message is not None and no_ack:
+            self._release(message.delivery_tag)
+        return message
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        super().basic_ack(delivery_tag, multiple)  # type: ignore[no-untyped-call]
+        self._release(delivery_tag)
+
+    def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        super().basic_reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
+        self._release(delivery_tag)
+
+    def _restore(self, message: Any) -> None:
+        super()._restore(message)  # type: ignore[no-untyped-call]
+        self._release(message.delivery_tag)
+
+    def _release(self, delivery_tag: Any) -> None:
+        held = self._held.pop(str(delivery_tag), None)
+        if held is not None:
+            _remove_quietly(str(held))
+
+    def _put_back_orphans(self) -> None:
+        """Messages claimed by a process that no longer runs (``kill -9``) go back into the queue."""
+        try:
+            names = os.listdir(self.claimed_folder)
+        except OSError:
+            return
+        for claimed_name in names:
+            pid_text, _, name = claimed_name.partition("-")
+            if not pid_text.isdigit() or not name or _alive(int(pid_text)):
+                continue
+            try:
+                os.replace(self.claimed_folder / claimed_name, os.path.join(self.data_folder_in, name))
+            except OSError:
+                continue  # another channel put it back first
+            LOG.warning(
+                "message %s was held by process %s, which is gone: queued again",
+                name,
+                pid_text,
+                extra={"file": name, "pid": int(pid_text)},
+            )
+
+    def _set_aside(self, claimed: Path, name: str, queue: str, error: Exception) -> None:
+        target = self.corrupt_folder / name
         try:
             os.replace(claimed, target)
         except OSError as move_error:
@@ -134,6 +196,16 @@ class Transport(filesystem.Transport):
     """kombu's filesystem transport with :class:`Channel`."""
 
     Channel = Channel
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _remove_quietly(path: str) -> None:

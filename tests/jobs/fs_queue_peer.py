@@ -5,6 +5,7 @@ through the node's Celery app (``create_app``) until it holds COUNT messages, sa
 its first, or ran 50 s, and writes a JSON report: every delivery id received (in order) and every
 error a read raised.
 ``publish DATA_DIR FIRST COUNT [--stock]`` sends ids FIRST..FIRST+COUNT-1 with ``TaskQueue``.
+``hold DATA_DIR MARKER`` takes one message, never acknowledges it, writes MARKER and sleeps (to be killed).
 ``--stock`` uses kombu's own ``filesystem`` transport instead of ``dicom_node.jobs.fs_transport``.
 """
 
@@ -66,6 +67,16 @@ def consume(app: NodeCelery, count: int, report: Path) -> None:
     report.write_text(json.dumps({"received": received, "errors": errors}))
 
 
+def hold(app: NodeCelery, marker: Path) -> None:
+    with app.connection_for_read() as connection:
+        message = None
+        while message is None:
+            message = connection.default_channel.basic_get(IO_QUEUE)
+            time.sleep(0.01)
+        marker.write_text(json.dumps(message.decode()[0]))
+        time.sleep(3600)
+
+
 def publish(app: NodeCelery, first: int, count: int) -> None:
     queue = TaskQueue(app)
     for delivery_id in range(first, first + count):
@@ -78,6 +89,8 @@ def main(argv: list[str]) -> None:
     app = node_app(Path(args[1]), stock)
     if args[0] == "consume":
         consume(app, int(args[2]), Path(args[3]))
+    elif args[0] == "hold":
+        hold(app, Path(args[2]))
     elif args[0] == "publish":
         publish(app, int(args[2]), int(args[3]))
     else:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -158,3 +159,27 @@ def test_a_stale_partial_file_is_removed_and_a_fresh_one_never_delivered(tmp_pat
     os.utime(stale, (two_hours_ago, two_hours_ago))
     assert _drain_one(settings) == []
     assert sorted(os.listdir(messages)) == [fresh.name]  # a publisher may still be writing it
+
+
+def test_a_message_held_by_a_consumer_killed_with_kill_9_is_queued_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(data_dir=tmp_path, jobs=JobSettings(polling_interval=0.01))
+    TaskQueue(create_app(settings)).enqueue_delivery(99)
+    marker = tmp_path / "held.json"
+    holder = subprocess.Popen([sys.executable, str(PEER), "hold", str(tmp_path), str(marker)], env=_env())
+    try:
+        _wait_for(marker, time.monotonic() + 20)
+        assert json.loads(marker.read_text()) == [99]
+        claimed = tmp_path / "queue" / "claimed"
+        assert [name.partition("-")[0] for name in os.listdir(claimed)] == [str(holder.pid)]
+        assert os.listdir(tmp_path / "queue" / "messages") == []
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    with caplog.at_level(logging.WARNING, logger="dicom_node.jobs.fs_transport"):
+        assert _drain_one(settings) == [[99]]  # the next channel to open puts it back
+    assert f"held by process {holder.pid}, which is gone" in caplog.text
+    assert os.listdir(claimed) == []  # acknowledged: gone for good
