@@ -6,8 +6,9 @@ in the index, so a duplicate or replayed message does nothing. ``acks_late`` + `
 (a virtual transport on ``kill -9``, a ``FLUSHDB``).
 
 The broker is ``settings.broker_url`` (``redis://…`` to scale out) or, by default, kombu's
-``filesystem://`` transport under ``<data_dir>/queue`` — one code path for both. This module imports
-neither torch nor the pipelines: the edge enqueues by task *name*, the worker imports the work lazily.
+``filesystem://`` transport under ``<data_dir>/queue`` (``fs_transport``: atomic publish, defensive
+read) — one code path for both. This module imports neither torch nor the pipelines: the edge enqueues
+by task *name*, the worker imports the work lazily.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from dicom_node.config import JobSettings, Settings
 from dicom_node.errors import TransientJobError
 from dicom_node.jobs.context import WorkerContext
+from dicom_node.jobs.fs_transport import Transport as FilesystemTransport
 
 LOG = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ def transport_options(settings: Settings, jobs: JobSettings) -> dict[str, Any]:
             "data_folder_in": str(folder / "messages"),
             "data_folder_out": str(folder / "messages"),
             "control_folder": str(folder / "control"),
+            "claimed_folder": str(folder / "claimed"),
+            "corrupt_folder": str(folder / "corrupt"),
             "store_processed": False,
             "polling_interval": jobs.polling_interval,
         }
@@ -107,6 +111,8 @@ def create_app(settings: Settings) -> NodeCelery:
         task_soft_time_limit=max(jobs.task_time_limit - 30.0, jobs.task_time_limit * 0.9),
         task_default_queue=IO_QUEUE,
         task_routes={RUN_PIPELINE: {"queue": GPU_QUEUE}, SEND_RESULTS: {"queue": IO_QUEUE}},
+        # kombu takes an explicit transport over the URL's scheme: ours publishes atomically.
+        broker_transport=FilesystemTransport if is_embedded(settings) else None,
         broker_transport_options=transport_options(settings, jobs),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5.0,
