@@ -28,7 +28,7 @@ import numpy.typing as npt
 import torch
 from scipy import ndimage
 
-from pipelines.base import StageTimer
+from pipelines.base import AnalysisMode, StageTimer
 from pipelines.compute import Compute
 from pipelines.ct_geometry import labels_to_patient_grid, model_affine_lps, to_model_grid
 from pipelines.findings import Findings, ModelInfo, SegmentationResult, SegmentLabel
@@ -83,23 +83,31 @@ def bundle_intensity(image: torch.Tensor) -> torch.Tensor:
 class BundleSegmenter:
     """The bundle's inference on one HU volume on its 1.5 mm grid."""
 
-    def __init__(self, network: torch.nn.Module, manifest_data: dict[str, Any], compute: Compute) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        manifest_data: dict[str, Any],
+        compute: Compute,
+        mode: AnalysisMode = AnalysisMode.EXACT,
+    ) -> None:
         from monai.inferers.inferer import SlidingWindowInferer
 
         inference = manifest_data["inference"]
+        # fast: windows side by side instead of overlapping by a quarter (about 2.4x fewer windows).
+        overlap = 0.0 if AnalysisMode(mode) is AnalysisMode.FAST else float(inference["overlap"])
         self.network = network
         self.compute = compute
         self.inferer = SlidingWindowInferer(
             roi_size=list(inference["roi_size"]),
             sw_batch_size=int(inference["sw_batch_size"]),
-            overlap=float(inference["overlap"]),
+            overlap=overlap,
             mode=str(inference["mode"]),
             padding_mode=str(inference["padding_mode"]),
             device=compute.device,
         )
 
     def __call__(self, image: Any) -> torch.Tensor:
-        x = bundle_intensity(torch.as_tensor(image).float())[None].to(self.compute.device)
+        x = self.compute.to_device(bundle_intensity(torch.as_tensor(image).float())[None])
         with self.compute.autocast():
             logits = self.inferer(x, self.network)
         return torch.as_tensor(logits)[0].argmax(dim=0).to(torch.int32).cpu()
