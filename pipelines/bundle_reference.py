@@ -32,6 +32,7 @@ change is a parser override, named here with its reason:
 
 from __future__ import annotations
 
+import importlib
 import time
 import warnings
 from collections.abc import Sequence
@@ -53,7 +54,7 @@ NETWORK_BUILDER = "models.lung_nodule_retinanet.build_lung_nodule_retinanet"
 
 def write_nifti(volume: CtVolume, path: Path) -> Path:
     """The volume's canonical patient layout as NIfTI-2: (i, j, k) float32 HU, RAS affine in float64."""
-    import nibabel as nib
+    nib: Any = importlib.import_module("nibabel")  # untyped; NIfTI-2 keeps a float64 affine
 
     space = PatientSpace.of(volume)
     data = np.ascontiguousarray(space.voxels.transpose(2, 1, 0), dtype=np.float32)
@@ -68,7 +69,7 @@ def write_nifti(volume: CtVolume, path: Path) -> Path:
 
 
 def _parser(bundles: Path, bundle: str, overrides: dict[str, Any]) -> Any:
-    from monai.bundle import ConfigParser
+    from monai.bundle.config_parser import ConfigParser
 
     config = bundles / bundle / "configs" / "inference.json"
     if not config.is_file():
@@ -95,7 +96,7 @@ def run_wholebody_bundle(bundles: Path, weights: Path, nifti: Path, out_dir: Pat
     The time covers what the bundle does for one image after it is built: load and preprocess, the
     sliding window, softmax/argmax, ``Invertd`` and ``SaveImaged``.
     """
-    import nibabel as nib
+    nib: Any = importlib.import_module("nibabel")
 
     parser = _parser(
         bundles,

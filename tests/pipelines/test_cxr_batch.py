@@ -28,7 +28,11 @@ from tests.conftest import CXR, REPO
 
 def _study(tmp_path: Path, name: str, pixels: np.ndarray, view: str = "PA") -> Path:
     ds = pydicom.dcmread(CXR)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+    )
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.ViewPosition = view
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -46,7 +50,9 @@ def pipeline(tmp_path_factory) -> CxrClassificationPipeline:
     root = tmp_path_factory.mktemp("cxr-batch")
     models_dir = root / "models"
     shutil.copytree(
-        REPO / "models", models_dir, ignore=shutil.ignore_patterns("*.py", "__pycache__", "models", "downloads")
+        REPO / "models",
+        models_dir,
+        ignore=shutil.ignore_patterns("*.py", "__pycache__", "models", "downloads"),
     )
     name = "txrv-densenet121-res224-all"
     import_weights(scaffold(name, root / "scaffold.pt"), models_dir)
