@@ -49,7 +49,15 @@ from pipelines.patient_space import PatientSpace
 
 WHOLEBODY = "wholeBody_ct_segmentation"
 LUNG_NODULE = "lung_nodule_ct_detection"
-NETWORK_BUILDER = "models.lung_nodule_retinanet.build_lung_nodule_retinanet"
+#: Our builder, as the expression global ``lung_nodule_retinanet`` (ConfigParser ``globals``).
+NETWORK_BUILDER = "lung_nodule_retinanet.build_lung_nodule_retinanet"
+PARSER_GLOBALS = {
+    "monai": "monai",
+    "torch": "torch",
+    "np": "numpy",
+    "numpy": "numpy",
+    "lung_nodule_retinanet": "models.lung_nodule_retinanet",
+}
 
 
 def write_nifti(volume: CtVolume, path: Path) -> Path:
@@ -74,7 +82,7 @@ def _parser(bundles: Path, bundle: str, overrides: dict[str, Any]) -> Any:
     config = bundles / bundle / "configs" / "inference.json"
     if not config.is_file():
         raise FileNotFoundError(f"the bundle reference has no {config}")
-    parser = ConfigParser()
+    parser = ConfigParser(globals=PARSER_GLOBALS)
     parser.read_config(str(config))
     parser["bundle_root"] = str(bundles / bundle)
     for key, value in overrides.items():
@@ -137,11 +145,15 @@ class BundleDetections:
 def lung_nodule_overrides(nifti: Path, out_dir: Path) -> dict[str, Any]:
     """The parser overrides of the module docstring for ``lung_nodule_ct_detection``."""
     return {
-        "imports": ["$import glob", "$import numpy", "$import os", "$import models.lung_nodule_retinanet"],
         "network_def": f"${NETWORK_BUILDER}()",
         "whether_raw_luna16": True,
-        "preprocessing#transforms#1#reader": "NibabelReader",
-        "preprocessing#transforms#1#affine_lps_to_ras": None,
+        # The raw-image LoadImaged without its ITK-only ``reader``/``affine_lps_to_ras``:
+        "preprocessing#transforms#1": {
+            "_target_": "LoadImaged",
+            "keys": "@image_key",
+            "reader": "NibabelReader",
+            "_disabled_": "@whether_resampled_luna16",
+        },
         "test_datalist": [{"image": str(nifti)}],
         "output_dir": str(out_dir),
         "dataloader#num_workers": 0,
@@ -155,8 +167,6 @@ def run_lung_nodule_bundle(
     overrides = lung_nodule_overrides(nifti, out_dir)
     overrides["device"] = f"$torch.device('{device}')"
     parser = _parser(bundles, LUNG_NODULE, overrides)
-    # LoadImaged passes extra keywords to its reader; the ITK-only one goes (None would be passed on).
-    del parser["preprocessing#transforms#1#affine_lps_to_ras"]
     network = parser.get_parsed_content("network")
     state = torch.load(weights, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state, strict=True)
@@ -173,7 +183,9 @@ def run_lung_nodule_bundle(
     start = time.perf_counter()
     item = preprocessing({"image": str(nifti)})
     image = item["image"]
-    network.eval()
+    network.eval()  # the evaluator's mode; RetinaNetInferer then copies network.training to the detector
+    detector.network = network
+    detector.training = network.training
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "User provided device_type of 'cuda'", UserWarning)
         warnings.filterwarnings("ignore", "__array_wrap__ must accept context", DeprecationWarning)
