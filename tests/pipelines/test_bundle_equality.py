@@ -9,9 +9,10 @@ loaded by both sides: a ``models scaffold`` file (untrained, deterministic, seed
 proves that the computation is the bundle's, not that the output is clinically right.
 
 To make the equality non-trivial with untrained weights: the label map must hold several labels, and for
-the detector the scaffold's classification head is scaled deterministically (weights ×100, bias −2: the
-untrained head's outputs are otherwise all ≈ 0.01, below the box selector's 0.02) in the one file both
-sides load, so that boxes pass the bundle's own threshold and some pass our reporting threshold.
+the detector the scaffold's classification bias is set to 0 (RetinaNet initialises it to the prior
+−log(99), so every untrained score is ≈ 0.01, below the box selector's 0.02) in the one file both sides
+load: scores then spread around 0.5, boxes pass the bundle's own threshold and some our reporting one.
+(Scaling the head's weights ×100 as well saturates every score at 1.0: ties, no test of the scores.)
 
 Each side runs once per module (torch threads = CPU cores); the vertebra network dominates the time.
 """
@@ -120,10 +121,9 @@ def test_vertebra_result_is_the_bundle_output_reduced_to_the_vertebrae(vertebrae
 
 
 def _boosted_detector_weights(root: Path) -> Path:
-    """The scaffold with its classification head scaled (weights ×100, bias −2): boxes pass 0.02."""
+    """The scaffold with its classification bias at 0 (prior 0.5 instead of 0.01): boxes pass 0.02."""
     path = scaffold(NODULES, root / "nodules-scaffold.pt")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state["classification_head.cls_logits.weight"] = state["classification_head.cls_logits.weight"] * 100.0
     state["classification_head.cls_logits.bias"] = torch.full_like(
         state["classification_head.cls_logits.bias"], -2.0
     )
@@ -162,6 +162,7 @@ def nodules(workspace):
 def test_nodule_boxes_and_scores_equal_the_bundle_detectors(nodules):
     bundle = nodules["bundle"]
     assert len(bundle.scores) >= 5, "too few boxes above the bundle's threshold: equality would be trivial"
+    assert np.ptp(bundle.scores) > 1e-3, "the bundle's scores are all equal: their equality would be trivial"
     assert len(nodules["scores"]) == len(bundle.scores)
     np.testing.assert_allclose(nodules["scores"], bundle.scores, rtol=0, atol=1e-5)
     np.testing.assert_allclose(nodules["centres"], bundle.centers_lps, rtol=0, atol=1e-3)
