@@ -95,7 +95,9 @@ def labels_to_patient_grid_by_inverse(
     from monai.transforms.compose import Compose
     from monai.transforms.utils import convert_applied_interp_mode
 
-    pred = MetaTensor(torch.as_tensor(labels)[None].float(), affine=image.affine, meta=deepcopy(image.meta))
+    pred = MetaTensor(
+        torch.as_tensor(labels)[None].float(), meta=deepcopy(image.meta)
+    )  # meta holds the affine
     pred.applied_operations = _anonymous(
         convert_applied_interp_mode(trans_info=image.applied_operations, mode="nearest", align_corners=None)
     )

@@ -32,7 +32,7 @@ from models.installer import import_weights, scaffold
 from models.loader import forget_warm_models, weights_path
 from pipelines import bundle_reference as ref
 from pipelines.compute import select_compute
-from pipelines.ct_geometry import labels_to_patient_grid, model_affine_lps
+from pipelines.ct_geometry import labels_to_patient_grid_by_inverse, model_affine_lps
 from pipelines.ct_lung_nodules import LungNoduleDetectionPipeline
 from pipelines.ct_vertebrae import VertebraSegmentationPipeline, largest_components
 from pipelines.findings import NoduleDetectionResult, SegmentationResult
@@ -88,7 +88,7 @@ def vertebrae(workspace):
     image = pipeline.preprocess(volume)
     labels = pipeline.infer(image)
     space = PatientSpace.of(volume)
-    all_labels = labels_to_patient_grid(labels.numpy(), model_affine_lps(image), space)
+    all_labels = labels_to_patient_grid_by_inverse(labels, image, space)
     result = pipeline.postprocess(volume, image, labels)
     return {
         "bundle": bundle.label_map,
