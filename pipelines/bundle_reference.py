@@ -198,8 +198,10 @@ def run_lung_nodule_bundle(
     pred = {k: v.detach().float().cpu() if isinstance(v, torch.Tensor) else v for k, v in pred.items()}
     out = postprocessing({**pred, "image": image.cpu()})
     seconds = time.perf_counter() - start
-    boxes = np.asarray(out["box"], dtype=np.float64).reshape(-1, 6)  # cccwhd in RAS mm
-    centers = boxes[:, :3] * np.array([-1.0, -1.0, 1.0])  # RAS → LPS
+    # cccwhd in patient LPS mm: AffineBoxToWorldCoordinated(affine_lps_to_ras=True) maps the boxes with
+    # the image's RAS affine and then flips x and y back to the LPS that the ITK reader started from.
+    boxes = np.asarray(out["box"], dtype=np.float64).reshape(-1, 6)
+    centers = boxes[:, :3]
     return BundleDetections(
         centers_lps=centers,
         sizes_mm=boxes[:, 3:],
