@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from pipelines.findings import Findings
 
 STAGES = ("load", "preprocess", "inference", "postprocess")
+
+
+class AnalysisMode(StrEnum):
+    """``exact``: the published bundle's inference, voxel for voxel. ``fast``: a documented shortcut for
+    sites without a GPU (``ct-lung-nodules``: only the lungs' box; ``ct-vertebrae``: sliding windows
+    without overlap); its measured difference from ``exact`` is in bench/README.md."""
+
+    EXACT = "exact"
+    FAST = "fast"
+
+
 T = TypeVar("T")
 
 

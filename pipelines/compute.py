@@ -1,4 +1,10 @@
-"""Where inference runs: CUDA with mixed precision when a GPU is present, else CPU with N threads."""
+"""Where inference runs: CUDA with mixed precision when a GPU is present, else CPU with N threads.
+
+On CUDA: ``torch.autocast`` to float16 (the bundles' ``amp: true``) inside ``torch.inference_mode``,
+host tensors copied through pinned (page-locked) memory without blocking, cuDNN autotuning on (the
+bundles' ``initialize`` sets it too). Networks stay warm per worker process (``models.loader``); one
+worker per GPU (``dicom-node worker`` on the ``gpu`` queue).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +39,18 @@ class Compute:
             else:
                 yield
 
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on this device; from host to CUDA through pinned memory, without blocking.
+
+        The copy is ordered on the current stream before any kernel that reads it, so no explicit
+        synchronisation is needed; on CPU the tensor is returned as it is.
+        """
+        if not self.is_cuda:
+            return tensor
+        if tensor.device.type == "cpu":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
 
 def select_compute(device: str | None = None, *, cpu_threads: int | None = None, amp: bool = True) -> Compute:
     """CUDA if available (or as asked), else CPU with ``cpu_threads`` (or ``$DICOM_NODE_TORCH_THREADS``)."""
@@ -41,4 +59,6 @@ def select_compute(device: str | None = None, *, cpu_threads: int | None = None,
         threads = cpu_threads or int(os.environ.get(THREADS_ENV, "0") or 0)
         if threads > 0:
             torch.set_num_threads(threads)
+    else:
+        torch.backends.cudnn.benchmark = True
     return Compute(chosen, amp)

@@ -28,11 +28,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pipelines.base import StageTimer
+from pipelines.base import AnalysisMode, StageTimer
 from pipelines.compute import Compute
 from pipelines.ct_geometry import model_affine_lps, to_model_grid
 from pipelines.findings import Findings, ModelInfo, Nodule, NoduleDetectionResult, Point3D
 from pipelines.io import CtVolume, load_ct_series
+from pipelines.lung_region import lung_box
 from pipelines.nodule_measure import measure_nodule
 from pipelines.patient_space import nearest_source_plane
 
@@ -71,7 +72,13 @@ class NoduleSettings:
 class BundleNoduleDetector:
     """The bundle's inference: intensity window, then ``RetinaNetDetector`` (whole volume or windows)."""
 
-    def __init__(self, detector: Any, manifest_data: dict[str, Any], compute: Compute) -> None:
+    def __init__(
+        self,
+        detector: Any,
+        manifest_data: dict[str, Any],
+        compute: Compute,
+        mode: AnalysisMode = AnalysisMode.EXACT,
+    ) -> None:
         window = manifest_data["input"]["intensity_window"]
         inference = manifest_data["inference"]
         self.detector = detector
@@ -83,20 +90,29 @@ class BundleNoduleDetector:
         )
         self.roi_voxels = int(np.prod(inference["roi_size"]))
         self.force_sliding_window = bool(inference["force_sliding_window"])
+        self.spacing_mm = tuple(float(v) for v in manifest_data["input"]["spacing_mm"])
         self.compute = compute
+        self.mode = AnalysisMode(mode)
 
     def __call__(self, image: Any) -> GridDetections:
         a_min, a_max, b_min, b_max = self.window
-        x = torch.as_tensor(image).float()
-        x = ((x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min).clamp(b_min, b_max)
-        use_inferer = self.force_sliding_window or x[0].numel() > self.roi_voxels
+        hu = torch.as_tensor(image).float()
+        origin = np.zeros(3)
+        if self.mode is AnalysisMode.FAST:
+            box = lung_box(hu[0].numpy(), self.spacing_mm)
+            hu = hu[:, slice(*box[0]), slice(*box[1]), slice(*box[2])]
+            origin = np.array([lo for lo, _ in box], dtype=np.float64)
+        x = ((hu - a_min) / (a_max - a_min) * (b_max - b_min) + b_min).clamp(b_min, b_max)
+        # The bundle's scripts/detection_inferer.py: whole image unless it has at least the patch's voxels.
+        use_inferer = self.force_sliding_window or x[0].numel() >= self.roi_voxels
         with self.compute.autocast(), warnings.catch_warnings():
             # MONAI 1.6 passes torch sizes through np.ceil (detector_utils.pad_images); NumPy 2 warns.
             warnings.filterwarnings("ignore", "__array_wrap__ must accept context", DeprecationWarning)
-            outputs = self.detector([x.to(self.compute.device)], use_inferer=use_inferer)
+            outputs = self.detector([self.compute.to_device(x.contiguous())], use_inferer=use_inferer)
         out = outputs[0]
+        boxes = out["box"].detach().float().cpu().numpy().astype(np.float64).reshape(-1, 6)
         return GridDetections(
-            boxes=out["box"].detach().float().cpu().numpy().astype(np.float64).reshape(-1, 6),
+            boxes=boxes + np.tile(origin, 2),
             scores=out["label_scores"].detach().float().cpu().numpy().astype(np.float64).reshape(-1),
         )
 

@@ -3,8 +3,9 @@
 Stages: ``load`` (DICOM → ``CtVolume``), ``preprocess`` (RAS, 1.5 mm isotropic, bilinear),
 ``infer`` (a ``Segmenter``: the bundle's ``NormalizeIntensity(nonzero=True)``,
 ``ScaleIntensity(minv=-1, maxv=1)``, sliding window 96³ with overlap 0.25, Gaussian blending and
-replicate padding, then argmax — softmax first would not change it), ``postprocess`` (nearest-neighbour
-back onto the source voxels, keep C1–L5 and the sacrum, keep each label's largest 26-connected component
+replicate padding, then softmax and argmax), ``postprocess`` (MONAI's own inverse of the bundle's
+``Orientation``/``Spacing`` with nearest interpolation — its ``Invertd`` — back onto the source voxels,
+keep C1–L5 and the sacrum, keep each label's largest 26-connected component
 if it reaches the manifest's minimum volume, measure volume and mean attenuation on the source HU).
 
 Pre- and postprocessing run on the source voxels in the canonical patient layout (``PatientSpace``:
@@ -28,9 +29,9 @@ import numpy.typing as npt
 import torch
 from scipy import ndimage
 
-from pipelines.base import StageTimer
+from pipelines.base import AnalysisMode, StageTimer
 from pipelines.compute import Compute
-from pipelines.ct_geometry import labels_to_patient_grid, model_affine_lps, to_model_grid
+from pipelines.ct_geometry import labels_to_patient_grid_by_inverse, to_model_grid
 from pipelines.findings import Findings, ModelInfo, SegmentationResult, SegmentLabel
 from pipelines.io import CtVolume, load_ct_series
 from pipelines.patient_space import PatientSpace
@@ -83,26 +84,37 @@ def bundle_intensity(image: torch.Tensor) -> torch.Tensor:
 class BundleSegmenter:
     """The bundle's inference on one HU volume on its 1.5 mm grid."""
 
-    def __init__(self, network: torch.nn.Module, manifest_data: dict[str, Any], compute: Compute) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        manifest_data: dict[str, Any],
+        compute: Compute,
+        mode: AnalysisMode = AnalysisMode.EXACT,
+    ) -> None:
         from monai.inferers.inferer import SlidingWindowInferer
 
         inference = manifest_data["inference"]
+        # fast: windows side by side instead of overlapping by a quarter (about 2.4x fewer windows).
+        overlap = 0.0 if AnalysisMode(mode) is AnalysisMode.FAST else float(inference["overlap"])
         self.network = network
         self.compute = compute
         self.inferer = SlidingWindowInferer(
             roi_size=list(inference["roi_size"]),
             sw_batch_size=int(inference["sw_batch_size"]),
-            overlap=float(inference["overlap"]),
+            overlap=overlap,
             mode=str(inference["mode"]),
             padding_mode=str(inference["padding_mode"]),
             device=compute.device,
         )
 
     def __call__(self, image: Any) -> torch.Tensor:
-        x = bundle_intensity(torch.as_tensor(image).float())[None].to(self.compute.device)
+        x = self.compute.to_device(bundle_intensity(torch.as_tensor(image).float())[None])
         with self.compute.autocast():
             logits = self.inferer(x, self.network)
-        return torch.as_tensor(logits)[0].argmax(dim=0).to(torch.int32).cpu()
+        # The bundle's Activationsd(softmax=True) then AsDiscreted(argmax=True): softmax first does change
+        # the argmax where float32 rounding makes two near-equal probabilities equal (first index wins).
+        probabilities = torch.softmax(torch.as_tensor(logits)[0].float(), dim=0)
+        return probabilities.argmax(dim=0).to(torch.int32).cpu()
 
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
@@ -166,7 +178,9 @@ class VertebraSegmentationPipeline:
             keep[value] = value
         grid_labels = keep[grid_labels]
         space = PatientSpace.of(volume)
-        on_patient_grid = labels_to_patient_grid(grid_labels, model_affine_lps(image), space)
+        on_patient_grid = labels_to_patient_grid_by_inverse(
+            torch.from_numpy(grid_labels.astype(np.int32)), image, space
+        )
         voxel_mm3 = space.voxel_volume_mm3
         cleaned = largest_components(
             on_patient_grid, sorted(self.settings.kept_labels), self.settings.min_component_mm3 / voxel_mm3

@@ -32,7 +32,7 @@ from scipy import ndimage
 from pipelines.base import StageTimer
 from pipelines.cam import CropGeometry, FeatureClassifier, activation_region, features_logits_and_cams
 from pipelines.compute import Compute
-from pipelines.errors import PipelineInputError
+from pipelines.errors import PipelineError, PipelineInputError
 from pipelines.findings import (
     ClassificationFinding,
     ClassificationResult,
@@ -136,13 +136,20 @@ class CxrClassificationPipeline:
         return txrv_input(radiograph)
 
     def infer(self, image: torch.Tensor) -> Inference:
+        return self.infer_batch([image])[0]
+
+    def infer_batch(self, images: Sequence[torch.Tensor]) -> list[Inference]:
+        """One pass of the network over the (1, 1, 224, 224) inputs of several radiographs."""
+        if not images:
+            return []
         with self.compute.autocast():
-            x = image.to(self.compute.device)
+            x = self.compute.to_device(torch.cat(list(images)))
             if isinstance(self.classifier, FeatureClassifier):
                 logits, cams = features_logits_and_cams(self.classifier, x)
-                return Inference(logits.float().cpu()[0], cams.float().cpu()[0])
-            logits = self.classifier(x)
-        return Inference(logits.float().cpu()[0])
+                logits, cams = logits.float().cpu(), cams.float().cpu()
+                return [Inference(logits[n], cams[n]) for n in range(len(images))]
+            logits = self.classifier(x).float().cpu()
+        return [Inference(logits[n]) for n in range(len(images))]
 
     def postprocess(self, radiograph: Radiograph, inference: Inference) -> ClassificationResult:
         logits = inference.logits
@@ -180,3 +187,27 @@ class CxrClassificationPipeline:
 
     def run(self, paths: Sequence[str | Path]) -> Findings:
         return self.run_timed(paths)[0]
+
+    def run_batch(self, studies: Sequence[Sequence[str | Path]]) -> list[Findings | PipelineError]:
+        """Several radiographs (each its own ``paths``, e.g. from several studies) in one network pass.
+
+        What a worker calls when several ``cxr-classification`` jobs are queued together: each
+        radiograph is loaded and preprocessed alone, the network runs once over all of them (on a GPU
+        the batch costs about as much as one image), and each gets its own result — or, in its place,
+        the ``PipelineError`` that refused it (a lateral view, an unreadable file), so one bad image
+        fails only its own job. Results equal ``run`` on each alone to float tolerance.
+        """
+        refused: dict[int, PipelineError] = {}
+        ready: list[tuple[int, Radiograph, torch.Tensor]] = []
+        for index, paths in enumerate(studies):
+            try:
+                radiograph = self.load(paths)
+                ready.append((index, radiograph, self.preprocess(radiograph)))
+            except PipelineError as error:
+                refused[index] = error
+        inferences = self.infer_batch([image for _, _, image in ready])
+        analysed: dict[int, Findings] = {
+            index: self.postprocess(radiograph, inference)
+            for (index, radiograph, _), inference in zip(ready, inferences, strict=True)
+        }
+        return [analysed[i] if i in analysed else refused[i] for i in range(len(studies))]

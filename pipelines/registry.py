@@ -14,7 +14,7 @@ from pathlib import Path
 
 from models.errors import ModelError
 from models.loader import InstalledModel, load_model
-from pipelines.base import Pipeline
+from pipelines.base import AnalysisMode, Pipeline
 from pipelines.compute import Compute, select_compute
 from pipelines.ct_lung_nodules import BundleNoduleDetector, LungNoduleDetectionPipeline, NoduleSettings
 from pipelines.ct_vertebrae import BundleSegmenter, VertebraSegmentationPipeline, VertebraSettings
@@ -41,9 +41,14 @@ def model_info(installed: InstalledModel) -> ModelInfo:
 
 
 def get_pipeline(
-    name: str, models_dir: Path, compute: Compute | None = None, *, allow_untrained: bool = False
+    name: str,
+    models_dir: Path,
+    compute: Compute | None = None,
+    *,
+    allow_untrained: bool = False,
+    mode: AnalysisMode | str = AnalysisMode.EXACT,
 ) -> Pipeline:
-    """The named pipeline on its verified weights.
+    """The named pipeline on its verified weights, in ``mode`` (``exact``, the bundle's, or ``fast``).
 
     Raises ``PipelineNotInstalledError`` if the weights are not usable, ``UntrainedModelError`` if they
     are a scaffold and ``allow_untrained`` is false.
@@ -51,6 +56,7 @@ def get_pipeline(
     if name not in PIPELINE_MODELS:
         raise ValueError(f'Argument "name" must be one of {", ".join(PIPELINE_NAMES)}, got {name!r}.')
     model = PIPELINE_MODELS[name]
+    mode = AnalysisMode(mode)
     compute = compute or select_compute()
     try:
         installed = load_model(models_dir, model, compute.device)
@@ -92,11 +98,11 @@ def get_pipeline(
         )
         return LungNoduleDetectionPipeline(
             model=info,
-            detector=BundleNoduleDetector(detector, data, compute),
+            detector=BundleNoduleDetector(detector, data, compute, mode),
             settings=NoduleSettings.from_manifest(data),
         )
     return VertebraSegmentationPipeline(
         model=info,
-        segmenter=BundleSegmenter(installed.network, data, compute),
+        segmenter=BundleSegmenter(installed.network, data, compute, mode),
         settings=VertebraSettings.from_manifest(data),
     )
