@@ -10,6 +10,7 @@ passes ``allow_untrained=True`` (tests, benchmarks, site training); the pipeline
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from models.errors import ModelError
@@ -67,6 +68,10 @@ def get_pipeline(
     if installed.record.untrained and not allow_untrained:
         raise UntrainedModelError(name, model, installed.record.version)
     info = model_info(installed)
+    if mode is AnalysisMode.FAST and name != "cxr-classification":
+        # A fast result is not the published computation: its version says so wherever the SR and SEG
+        # name the algorithm, and a result's identity (which includes the version) differs from exact's.
+        info = replace(info, version=f"{info.version}+fast")
     data = installed.manifest.data
     if name == "cxr-classification":
         return CxrClassificationPipeline(

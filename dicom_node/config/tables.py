@@ -7,7 +7,7 @@ Each is a small frozen pydantic model that refuses keys it does not know (``extr
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -197,6 +197,12 @@ class AnalysisSettings(Table):
     allow_untrained: bool = False
     """Run models whose weights are an untrained scaffold (tests, benchmarks, site training); their
     results are marked UNTRAINED. Off (the default): such jobs end ``skipped`` with the reason."""
+
+    mode: Literal["exact", "fast"] = "exact"
+    """``exact`` (the default): the published bundles' computation, voxel for voxel. ``fast``: for a site
+    without a GPU, the CT pipelines trade exactness for time (nodules: the detector sees only the
+    lungs' bounding box; vertebrae: sliding windows without overlap); the algorithm version of every
+    such result ends in ``+fast`` (docs/pipelines.md). The radiograph pipeline is the same in both."""
 
 
 class JobSettings(Table):

@@ -302,7 +302,10 @@ def _analyse(context: WorkerContext, job: Job, token: str, lease: LeaseHeartbeat
     if checks := required_checks(job):  # before the pipeline: a series without the anatomy is skipped
         require_content(context, job.id, token, checks, source.paths)
     pipeline = context.registry.pipeline(
-        job.pipeline, context.settings.models_dir, allow_untrained=context.settings.allow_untrained
+        job.pipeline,
+        context.settings.models_dir,
+        allow_untrained=context.settings.allow_untrained,
+        mode=context.settings.analysis.mode,
     )
     try:
         findings, seconds = pipeline.run_timed(source.paths)

@@ -97,7 +97,9 @@ class PipelineRegistry:
         for name in modules:
             importlib.import_module(name).register_pipelines(self)
 
-    def pipeline(self, name: str, models_dir: Path, *, allow_untrained: bool = False) -> Pipeline:
+    def pipeline(
+        self, name: str, models_dir: Path, *, allow_untrained: bool = False, mode: str = "exact"
+    ) -> Pipeline:
         """The named pipeline; ``PipelineUnavailableError`` (the job is skipped) with the reason."""
         if name in self.factories:
             return self.factories[name]()
@@ -107,7 +109,7 @@ class PipelineRegistry:
         except ImportError as error:
             raise PipelineUnavailableError(f"pipeline {name!r} is not available here: {error}") from None
         try:
-            pipeline: Pipeline = get_pipeline(name, models_dir, allow_untrained=allow_untrained)
+            pipeline: Pipeline = get_pipeline(name, models_dir, allow_untrained=allow_untrained, mode=mode)
         except UntrainedModelError as error:
             raise PipelineUnavailableError(f"{error}; {UNTRAINED_HINT}") from None
         except PipelineNotInstalledError as error:
