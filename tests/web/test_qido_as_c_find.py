@@ -68,6 +68,7 @@ def _c_find(node: WebNode, level: str, keys: dict[str, str], uid: str) -> list[s
         for status, answer in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
             assert status is not None and status.Status in (0x0000, 0xFF00, 0xFF01), status
             if status.Status in (0xFF00, 0xFF01):
+                assert answer is not None
                 found.append(str(answer.get(uid)))
         return sorted(found)
     finally:
