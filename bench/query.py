@@ -15,9 +15,10 @@ query from what was sent:
 * the series of one study (SERIES level, by StudyInstanceUID).
 
 Each row gives median and p95 in milliseconds and the mean number of matches (the same on both sides,
-or the row says so). A QIDO-RS column (``/studies?…`` against the node's DICOMweb and Orthanc's
-DICOMweb plugin) is filled when ``dicom_node.web`` is importable and the node serves DICOMweb; otherwise
-it prints ``n/a``.
+or the row says so). The QIDO-RS columns time the same queries as ``/studies?…`` (and
+``/studies/{uid}/series``) against the node's DICOMweb (``[dicomweb] enabled``, loopback, no tokens) and
+Orthanc's DICOMweb plugin (``libOrthancDicomWeb.so``), one HTTP connection per request; they print ``n/a``
+when the plugin is not installed. Their match counts are checked against the C-FIND ones.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def send(port: int, ae_title: str, studies: list[Study]) -> float:
 
 
 @contextmanager
-def node(workdir: Path) -> Iterator[int]:
+def node(workdir: Path, web_port: int) -> Iterator[int]:
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")},
@@ -170,6 +171,8 @@ def node(workdir: Path) -> Iterator[int]:
         "DICOM_NODE_TIMEOUTS__DIMSE": "600",
         "DICOM_NODE_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         "PYTHONPATH": str(REPO),  # this checkout's node, whichever one the virtualenv installed
+        "DICOM_NODE_DICOMWEB__ENABLED": "true",  # loopback and no token file: open to this bench only
+        "DICOM_NODE_DICOMWEB__PORT": str(web_port),
     }
     command = [
         sys.executable,
@@ -187,6 +190,7 @@ def node(workdir: Path) -> Iterator[int]:
     )
     try:
         wait_port(port)
+        wait_port(web_port)
         yield port
     except BaseException:
         print((workdir / "node.log").read_text()[-3000:], file=sys.stderr)
@@ -298,15 +302,6 @@ def timed(runs: list[Callable[[], int]]) -> tuple[float, float, float]:
     return statistics.median(seconds) * 1000, p95 * 1000, statistics.mean(counts)
 
 
-def node_web() -> str | None:
-    """The node's DICOMweb base URL, if the build has it; ``None`` (column n/a) otherwise."""
-    try:
-        import dicom_node.web  # noqa: F401
-    except ImportError:
-        return None
-    return None  # the web helper's switch is not known to this bench yet: see docs/query-retrieve.md
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -316,7 +311,8 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(ORTHANC).exists():
         sys.exit("Orthanc is not installed (Debian package orthanc)")
-    web = node_web()
+    web = DICOMWEB_PLUGIN.exists()
+    web_port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp:
         workdir = Path(tmp)
         started = time.perf_counter()
@@ -325,7 +321,7 @@ def main() -> None:
             f"generated {len(studies)} studies in {time.perf_counter() - started:.1f} s;",
             f"{os.cpu_count()} CPUs",
         )
-        with node(workdir) as node_port, orthanc(workdir, dicomweb=web is not None) as (orthanc_port, http):
+        with node(workdir, web_port) as node_port, orthanc(workdir, dicomweb=web) as (orthanc_port, http):
             seconds = send(node_port, "DICOMNODE", studies)
             print(f"node:    {len(studies)} C-STOREs in {seconds:.1f} s ({len(studies) / seconds:.0f}/s)")
             seconds = send(orthanc_port, "ORTHANC", studies)
@@ -364,13 +360,18 @@ def main() -> None:
                         )
                         cells.append(f"{median:7.1f} / {p95:7.1f} ({mean:.0f})")
                         counts.append(mean)
-                    if web is not None:
-                        for base in (web, f"http://127.0.0.1:{http}/dicom-web"):
-                            median, p95, _ = timed([lambda q=q, b=base: qido(b, q[2]) for q in queries])
+                    if web:
+                        for base in (
+                            f"http://127.0.0.1:{web_port}/dicom-web",
+                            f"http://127.0.0.1:{http}/dicom-web",
+                        ):
+                            qido(base, queries[0][2])  # warm-up, as for C-FIND
+                            median, p95, mean = timed([lambda q=q, b=base: qido(b, q[2]) for q in queries])
                             cells.append(f"{median:6.1f} / {p95:6.1f}")
+                            counts.append(mean)
                     else:
                         cells += ["n/a", "n/a"]
-                    note = "" if counts[0] == counts[1] else "  (match counts differ)"
+                    note = "" if len(set(counts)) == 1 else f"  (match counts differ: {counts})"
                     print(f"{label:26} {cells[0]:>22} {cells[1]:>22} {cells[2]:>16} {cells[3]:>16}{note}")
             finally:
                 for assoc in peers.values():

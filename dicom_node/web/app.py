@@ -41,7 +41,6 @@ from dicom_node.storage.ingest import Ingest
 from dicom_node.storage.store import InstanceStore
 from dicom_node.web import media, qido, stow, wado
 from dicom_node.web.auth import ANONYMOUS, CLIENT_CERTIFICATE, BearerTokens, read_tokens, refused
-from dicom_node.web.matching import QueryKeyError, attribute, key
 from dicom_node.web.multipart import (
     MultipartError,
     encode_parts,
@@ -102,14 +101,14 @@ class DicomWeb:
                     if field.strip() == "all":
                         include_all = True
                     elif field.strip():
-                        include.append(attribute(field.strip())[1])
+                        include.append(qido.attribute(field.strip())[1])
             elif name in ("limit", "offset"):
                 try:
                     number = int(value)
                 except ValueError:
-                    raise QueryKeyError(f"{name} must be a whole number, got {value!r}") from None
+                    raise qido.QueryKeyError(f"{name} must be a whole number, got {value!r}") from None
                 if number < 0:
-                    raise QueryKeyError(f"{name} must not be negative")
+                    raise qido.QueryKeyError(f"{name} must not be negative")
                 if name == "limit":
                     limit = number
                 else:
@@ -117,7 +116,7 @@ class DicomWeb:
             elif name == "fuzzymatching":
                 continue  # not supported: matching is exact (PS3.18 lets the server ignore it)
             else:
-                keys.append(key(name, value))
+                keys.append(qido.key(name, value))
         params = request.path_params
         return qido.Query(
             level,
@@ -133,10 +132,16 @@ class DicomWeb:
     def _search(self, request: Request, level: qido.Level) -> Response:
         try:
             query = self._query(request, level)
-        except QueryKeyError as error:
+            found = self.search.run(query)
+        except qido.QueryKeyError as error:
             return _error(400, str(error))
-        found = self.search.run(query)
-        return _dicom_json([ds.to_json_dict() for ds in found])
+        response = _dicom_json([ds.to_json_dict() for ds in found.datasets])
+        if found.ignored:
+            # PS3.18 §8.3.4 / PS3.4 C.2.2.1: a key the index does not hold is not matched; say so.
+            names = ", ".join(dict.fromkeys(found.ignored))
+            response.headers["Warning"] = f'299 dicom-node "not matched (not indexed): {names}"'
+            LOG.info("QIDO-RS did not match on keys the index does not hold: %s", names)
+        return response
 
     def search_studies(self, request: Request) -> Response:
         return self._search(request, qido.Level.STUDY)

@@ -1,34 +1,51 @@
-"""QIDO-RS: studies, series and instances that match a query (PS3.18 §10.6).
+"""QIDO-RS: studies, series and instances that match a query (PS3.18 §10.6), on the C-FIND engine.
 
-``search(level, keys, ...)`` is the interface the HTTP layer uses: a level, matching keys and the
-attributes to return → data sets. The index narrows by the keys it holds as columns (UIDs, Patient ID,
-Accession Number, Study Date, Modality); every key is then matched by ``matching.Key`` on the data set
-that is returned, which is built from the index (counts, modalities in study) and the header of one
-stored instance (the attributes the index does not keep, such as Patient's Name). Headers are read
-without pixel data and cached by file and content hash.
+``Search.run(query)`` is the interface the HTTP layer uses: a level, matching keys, the attributes to
+return and paging → data sets. Matching is ``dicom_node.index.query``'s, the very engine of the C-FIND
+SCP (issue 12: "the same matching as C-FIND"), so a query finds the same entities over DIMSE and HTTP.
+The engine pages in SQL (``limit``/``offset``) and returns what the index holds; attributes it does not
+keep (Rows, Columns, Performed Procedure Step Start Date …, anything ``includefield`` names) are read
+from the header of one stored instance of the entity, without pixel data, cached by file and content
+hash. Matching keys the index does not hold are not matched (as over C-FIND, PS3.4 C.2.2.1 lets an SCP
+ignore an optional key it does not support); ``Search.run`` says which, and the HTTP layer puts them in a
+``Warning`` header.
+
+QIDO's own syntax is translated here: a UID list is comma-separated in QIDO (``1.2,1.3``) and
+backslash-separated in C-FIND; a key may be a keyword or a tag (``00100020``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
-from sqlalchemy import Select, select
-from sqlalchemy.orm import Session, selectinload
+from pydicom.tag import BaseTag, Tag
+from sqlalchemy import select
 
+from dicom_node.errors import QueryError
+from dicom_node.index import query as engine
 from dicom_node.index.database import Database
 from dicom_node.index.models import Instance, Series, Study
 from dicom_node.storage.store import InstanceStore
-from dicom_node.web.matching import Key, attribute
 
 LOG = logging.getLogger(__name__)
 HEADER_CACHE = 4096
+HEADER_TRIES = 8
+"""Instances of an entity tried for its header before giving up (files retention removed, unreadable)."""
+UTF8 = "ISO_IR 192"
+"""Specific Character Set of what QIDO-RS returns: DICOM JSON is UTF-8 whatever the files hold."""
+
+
+class QueryKeyError(ValueError):
+    """A query parameter that names no DICOM attribute, or a value it cannot hold (HTTP 400)."""
 
 
 class Level(StrEnum):
@@ -50,6 +67,9 @@ STUDY_ATTRIBUTES = (
     "StudyInstanceUID",
     "StudyID",
     "StudyDescription",
+    "ModalitiesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
 )
 SERIES_ATTRIBUTES = (
     "SpecificCharacterSet",
@@ -62,6 +82,7 @@ SERIES_ATTRIBUTES = (
     "BodyPartExamined",
     "PerformedProcedureStepStartDate",
     "PerformedProcedureStepStartTime",
+    "NumberOfSeriesRelatedInstances",
 )
 INSTANCE_ATTRIBUTES = (
     "SpecificCharacterSet",
@@ -78,6 +99,53 @@ DEFAULT_ATTRIBUTES = {
     Level.SERIES: SERIES_ATTRIBUTES,
     Level.IMAGE: INSTANCE_ATTRIBUTES,
 }
+_LEVELS = {
+    Level.STUDY: engine.QueryLevel.STUDY,
+    Level.SERIES: engine.QueryLevel.SERIES,
+    Level.IMAGE: engine.QueryLevel.IMAGE,
+}
+_DEPTH = {Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
+_ENGINE_DEPTH = {
+    engine.QueryLevel.PATIENT: 0,
+    engine.QueryLevel.STUDY: 1,
+    engine.QueryLevel.SERIES: 2,
+    engine.QueryLevel.IMAGE: 3,
+}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One matching key: the attribute and the value asked for."""
+
+    tag: BaseTag
+    keyword: str
+    vr: str
+    value: str
+
+
+def attribute(name: str) -> tuple[BaseTag, str, str]:
+    """A keyword (``PatientName``) or tag (``00100010``) → (tag, keyword, VR), else ``QueryKeyError``."""
+    tag: BaseTag | None = None
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
+        tag = Tag(int(name, 16))
+    else:
+        number = tag_for_keyword(name)
+        tag = Tag(number) if number is not None else None
+    if tag is None:
+        raise QueryKeyError(f"{name!r} is not a DICOM attribute keyword or tag")
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        raise QueryKeyError(f"{name!r} is not an attribute of the DICOM dictionary") from None
+    return tag, keyword_for_tag(tag) or name, vr
+
+
+def key(name: str, value: str) -> Key:
+    """A QIDO matching key (``PatientName=Doe*``), else ``QueryKeyError``."""
+    tag, keyword, vr = attribute(name)
+    if vr == "SQ":
+        raise QueryKeyError(f"{keyword}: sequence matching is not supported")
+    return Key(tag, keyword, vr, value)
 
 
 @dataclass(frozen=True)
@@ -92,7 +160,14 @@ class Query:
     offset: int = 0
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Found:
+    """The data sets a search returns, and the matching keys it could not match on (not supported)."""
+
+    datasets: list[Dataset] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
 
 @functools.lru_cache(maxsize=HEADER_CACHE)
@@ -100,16 +175,35 @@ def _header(path: Path, sha256: str) -> Dataset:
     return dcmread(path, stop_before_pixels=True, defer_size=1024)
 
 
-def header(store: InstanceStore, instance: Instance) -> Dataset:
-    """The instance's data set without pixel data (cached; the same content reads once)."""
-    return _header(store.path(instance.path), instance.sha256)
+def _matchable(keyword: str, level: Level) -> bool:
+    """Whether the engine matches ``keyword`` at ``level`` (known, at or above it, not a count)."""
+    known = engine.ATTRIBUTES.get(keyword)
+    return (
+        known is not None
+        and _ENGINE_DEPTH[known.level] <= _DEPTH[level]
+        and known.kind is not engine.Kind.COUNT
+    )
 
 
-def _copy(source: Dataset, target: Dataset, keywords: Iterable[str]) -> None:
-    for name in keywords:
-        tag = attribute(name)[0]
-        if tag in source and tag not in target:
-            target[tag] = source[tag]
+def _returned_by_engine(keyword: str, level: Level) -> bool:
+    known = engine.ATTRIBUTES.get(keyword)
+    return known is not None and _ENGINE_DEPTH[known.level] <= _DEPTH[level]
+
+
+def _engine_value(item: Key) -> str:
+    if item.vr == "UI":  # QIDO lists UIDs with commas (PS3.18 §8.3.4.1), C-FIND with backslashes
+        return "\\".join(part.strip() for part in re.split(r"[,\\]", item.value) if part.strip())
+    return item.value
+
+
+def _element(ds: Dataset, keyword: str, value: str | int | None) -> None:
+    tag, _, vr = attribute(keyword)
+    if value is None or value == "":
+        ds.add_new(tag, vr, None)
+    elif isinstance(value, str) and "\\" in value:
+        ds.add_new(tag, vr, value.split("\\"))
+    else:
+        ds.add_new(tag, vr, value)
 
 
 class Search:
@@ -119,133 +213,92 @@ class Search:
         self.database = database
         self.store = store
 
-    def run(self, query: Query) -> list[Dataset]:
-        with self.database.session() as session:
-            if query.level is Level.STUDY:
-                found = self._studies(session, query)
-            elif query.level is Level.SERIES:
-                found = self._series(session, query)
-            else:
-                found = self._instances(session, query)
-        end = None if query.limit is None else query.offset + query.limit
-        return found[query.offset : end]
-
-    # --- the three levels ------------------------------------------------------------------------
-    def _study_filter(self, statement: Select[Study], query: Query) -> Select[Study]:
-        for key in query.keys:
-            if key.keyword == "StudyInstanceUID" and key.value:
-                statement = statement.where(Study.study_instance_uid.in_(_uids(key.value)))
-            elif key.keyword == "PatientID" and key.value and not _wild(key.value):
-                statement = statement.where(Study.patient_id == key.value)
-            elif key.keyword == "AccessionNumber" and key.value and not _wild(key.value):
-                statement = statement.where(Study.accession_number == key.value)
-        if query.study_instance_uid is not None:
-            statement = statement.where(Study.study_instance_uid == query.study_instance_uid)
-        return statement
-
-    def _studies(self, session: Session, query: Query) -> list[Dataset]:
-        statement = self._study_filter(
-            select(Study).options(selectinload(Study.series).selectinload(Series.instances)), query
-        )
-        results = []
-        for study in session.scalars(statement.order_by(Study.id)):
-            ds = self._study_dataset(study, query)
-            if ds is not None and all(k.matches(ds) for k in query.keys):
-                results.append(ds)
-        return results
-
-    def _series(self, session: Session, query: Query) -> list[Dataset]:
-        statement = self._study_filter(
-            select(Study).options(selectinload(Study.series).selectinload(Series.instances)), query
-        )
-        results = []
-        for study in session.scalars(statement.order_by(Study.id)):
-            study_ds = self._study_dataset(study, query) if query.study_instance_uid is None else None
-            for series in study.series:
-                if query.series_instance_uid and series.series_instance_uid != query.series_instance_uid:
-                    continue
-                ds = self._series_dataset(series, query)
-                if ds is None:
-                    continue
-                if study_ds is not None:
-                    _copy(study_ds, ds, STUDY_ATTRIBUTES)
-                if all(k.matches(ds) for k in query.keys):
-                    results.append(ds)
-        return results
-
-    def _instances(self, session: Session, query: Query) -> list[Dataset]:
-        statement = self._study_filter(
-            select(Study).options(selectinload(Study.series).selectinload(Series.instances)), query
-        )
-        results = []
-        for study in session.scalars(statement.order_by(Study.id)):
-            for series in study.series:
-                if query.series_instance_uid and series.series_instance_uid != query.series_instance_uid:
-                    continue
-                for instance in series.instances:
-                    ds = self._instance_dataset(instance, query)
-                    if ds is not None and all(k.matches(ds) for k in query.keys):
-                        results.append(ds)
-        return results
-
-    # --- the data sets returned ---------------------------------------------------------------------
-    def _first_header(self, instances: Iterable[Instance]) -> Dataset | None:
-        for instance in instances:
-            try:
-                return header(self.store, instance)
-            except (OSError, ValueError) as error:  # a file retention removed, or unreadable
-                LOG.warning("cannot read instance %s: %s", instance.sop_instance_uid, error)
-        return None
-
-    def _wanted(self, query: Query, level: Level) -> list[str]:
-        keys = [k.keyword for k in query.keys]
-        return [*DEFAULT_ATTRIBUTES[level], *query.include, *keys]
-
-    def _study_dataset(self, study: Study, query: Query) -> Dataset | None:
-        source = self._first_header(i for s in study.series for i in s.instances)
-        if source is None:
-            return None
-        ds = Dataset()
-        _copy(source, ds, self._wanted(query, Level.STUDY))
-        ds.StudyInstanceUID = study.study_instance_uid
-        modalities = sorted({s.modality for s in study.series if s.modality})
-        ds.ModalitiesInStudy = modalities
-        ds.NumberOfStudyRelatedSeries = len(study.series)
-        ds.NumberOfStudyRelatedInstances = sum(len(s.instances) for s in study.series)
-        return ds
-
-    def _series_dataset(self, series: Series, query: Query) -> Dataset | None:
-        source = self._first_header(series.instances)
-        if source is None:
-            return None
-        ds = Dataset()
-        _copy(source, ds, self._wanted(query, Level.SERIES))
-        ds.StudyInstanceUID = series.study.study_instance_uid
-        ds.SeriesInstanceUID = series.series_instance_uid
-        ds.NumberOfSeriesRelatedInstances = len(series.instances)
-        return ds
-
-    def _instance_dataset(self, instance: Instance, query: Query) -> Dataset | None:
-        try:
-            source = header(self.store, instance)
-        except (OSError, ValueError) as error:
-            LOG.warning("cannot read instance %s: %s", instance.sop_instance_uid, error)
-            return None
-        ds = Dataset()
-        wanted = self._wanted(query, Level.IMAGE)
+    def _wanted(self, query: Query) -> list[str]:
+        """The keywords each result carries, in order, without repeats."""
+        wanted = [*DEFAULT_ATTRIBUTES[query.level], *query.include, *(k.keyword for k in query.keys)]
+        if query.level is Level.SERIES and query.study_instance_uid is None:
+            wanted += STUDY_ATTRIBUTES  # /series across studies: say which study each belongs to
         if query.include_all:
-            wanted += [*SERIES_ATTRIBUTES, *STUDY_ATTRIBUTES]
-        _copy(source, ds, wanted)
-        ds.StudyInstanceUID = instance.series.study.study_instance_uid
-        ds.SeriesInstanceUID = instance.series.series_instance_uid
-        ds.SOPInstanceUID = instance.sop_instance_uid
-        ds.SOPClassUID = instance.sop_class_uid
-        return ds
+            if query.level is Level.IMAGE:
+                wanted += [*SERIES_ATTRIBUTES, *STUDY_ATTRIBUTES]
+            elif query.level is Level.SERIES:
+                wanted += STUDY_ATTRIBUTES
+            wanted += engine.supported_keywords(_LEVELS[query.level])
+        return list(dict.fromkeys(wanted))
 
+    def _engine_query(self, query: Query, wanted: Iterable[str]) -> tuple[engine.Query, list[str]] | None:
+        """The C-FIND query of a QIDO query (``None``: the path and a key contradict, nothing matches)."""
+        keys: dict[str, str] = {w: "" for w in wanted if _returned_by_engine(w, query.level)}
+        ignored: list[str] = []
+        matched: dict[str, str] = {}
+        for item in query.keys:
+            if not item.value.strip() or item.value.strip() == "*":
+                continue  # universal: matches everything
+            if not _matchable(item.keyword, query.level):
+                ignored.append(item.keyword)
+                continue
+            value = _engine_value(item)
+            if matched.get(item.keyword, value) != value:
+                raise QueryKeyError(f"{item.keyword} is given twice with different values")
+            matched[item.keyword] = value
+        for keyword, uid in (
+            ("StudyInstanceUID", query.study_instance_uid),
+            ("SeriesInstanceUID", query.series_instance_uid),
+        ):
+            if uid is None:
+                continue
+            if keyword in matched and uid not in matched[keyword].split("\\"):
+                return None
+            matched[keyword] = uid
+        keys.update(matched)
+        try:
+            return engine.Query(engine.InformationModel.STUDY_ROOT, _LEVELS[query.level], keys), ignored
+        except QueryError as error:
+            raise QueryKeyError(str(error)) from None
 
-def _uids(value: str) -> list[str]:
-    return [v.strip() for v in value.replace("\\", ",").split(",") if v.strip()]
+    def run(self, query: Query) -> Found:
+        wanted = self._wanted(query)
+        built = self._engine_query(query, wanted)
+        if built is None:
+            return Found()
+        engine_query, ignored = built
+        from_header = [
+            w for w in wanted if w != "SpecificCharacterSet" and not _returned_by_engine(w, query.level)
+        ]
+        found = Found(ignored=ignored)
+        for match in engine.find(self.database, engine_query, limit=query.limit, offset=query.offset):
+            ds = Dataset()
+            if "SpecificCharacterSet" in wanted:
+                ds.SpecificCharacterSet = UTF8
+            for keyword, value in match.items():
+                _element(ds, keyword, value)
+            if from_header:
+                source = self._first_header(query.level, match)
+                for name in from_header:
+                    tag = attribute(name)[0]
+                    if source is not None and tag in source:
+                        ds[tag] = source[tag]
+            found.datasets.append(ds)
+        return found
 
-
-def _wild(value: str) -> bool:
-    return "*" in value or "?" in value
+    def _first_header(self, level: Level, match: engine.Match) -> Dataset | None:
+        """The header of one readable instance of the matched entity."""
+        statement = (
+            select(Instance.path, Instance.sha256, Instance.sop_instance_uid)
+            .join(Series, Instance.series_id == Series.id)
+            .join(Study, Series.study_id == Study.id)
+        )
+        if level is Level.STUDY:
+            statement = statement.where(Study.study_instance_uid == match["StudyInstanceUID"])
+        elif level is Level.SERIES:
+            statement = statement.where(Series.series_instance_uid == match["SeriesInstanceUID"])
+        else:
+            statement = statement.where(Instance.sop_instance_uid == match["SOPInstanceUID"])
+        with self.database.sessions() as session:
+            rows = session.execute(statement.order_by(Instance.id).limit(HEADER_TRIES)).all()
+        for path, sha256, uid in rows:
+            try:
+                return _header(self.store.path(path), sha256)
+            except (OSError, ValueError) as error:  # a file retention removed, or unreadable
+                LOG.warning("cannot read instance %s: %s", uid, error)
+        return None
