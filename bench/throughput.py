@@ -6,8 +6,10 @@ until every result is delivered. Rows, all in one run:
 
 - ``sqlite+embedded``: the default install, ``dicom-node serve`` with its embedded worker, the index in
   SQLite and kombu's ``filesystem://`` queue under the data dir (the anchor);
-- ``postgres+redis`` × ``--workers``: ``serve --no-worker`` and N ``dicom-node worker`` processes on a
-  fresh PostgreSQL database (``bench_suite`` on 127.0.0.1:5432) and Redis (db 9, flushed);
+- ``postgres+redis`` × ``--workers``: ``serve --no-worker``, N ``dicom-node worker --queues gpu`` processes
+  and one ``--queues io`` (delivery) worker, as ``deploy/compose.yaml`` runs them, on a fresh PostgreSQL
+  database (``bench_suite`` on 127.0.0.1:5432) and Redis (db 9, flushed); the embedded worker is such a
+  pair too (one ``gpu``, one ``io`` process);
 - ``sqlite+redis`` × ``--sqlite-workers`` (default 2): N workers sharing one SQLite file, the setup where
   "database is locked" can appear; the last column counts such lines in every log of the row.
 
@@ -28,7 +30,8 @@ Columns: studies/h = studies / (last delivery − first job start); per worker =
 speed-up = studies/h / that of ``postgres+redis`` with 1 worker; then medians over the studies of
 queued → started (waiting for a worker, including the rest of the batch), started → written (pipeline +
 writing, storing and indexing the results) and written → delivered (C-STORE to the PACS); and the count
-of "database is locked" lines in the row's logs.
+of "database is locked" lines in the row's logs; load = the host's 5-minute load average at the row's end
+(other work on the host shares its cores).
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ REPO = Path(__file__).resolve().parents[1]
 CXR = REPO / "tests" / "data" / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"
 TXRV = "txrv-densenet121-res224-all"
 REDIS_URL = "redis://127.0.0.1:6379/9"
-POSTGRES_ADMIN = os.environ.get("DICOM_NODE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN = os.environ.get(
+    "DICOM_NODE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 POSTGRES_DATABASE = "bench_suite"
 LOCKED = "database is locked"
 CXR_ROUTE = """
@@ -161,8 +166,10 @@ def run(setup: Setup, args: argparse.Namespace, root: Path, models_dir: Path) ->
                 node.send(make_ct_study(folder)[1])
         if not setup.embedded:
             wait_for(lambda: _queued(node) == args.studies, 120, "every study routed and queued")
+            # As deploy/compose.yaml: N analysis workers on queue gpu, one delivery worker on queue io.
             for _ in range(setup.workers):
-                node._start(["worker", "--concurrency", "1"], "worker.log", **env)
+                node._start(["worker", "--queues", "gpu", "--concurrency", "1"], "worker.log", **env)
+            node._start(["worker", "--queues", "io", "--concurrency", "1"], "worker-io.log", **env)
 
         def delivered() -> list[tuple[Job, Delivery]] | None:
             with database.sessions() as session:
@@ -189,6 +196,7 @@ def run(setup: Setup, args: argparse.Namespace, root: Path, models_dir: Path) ->
         "started_to_written": statistics.median(_span(j.started_at, j.finished_at) for j in jobs.values()),
         "written_to_delivered": statistics.median(_span(j.finished_at, last[j.id]) for j in jobs.values()),
         "locked": locked,
+        "load": os.getloadavg()[1],  # the host's 5-minute load average as the row ends
     }
 
 
@@ -226,7 +234,7 @@ def main() -> None:
     header = (
         f"{'setup':<16} {'workers':>7} {'studies/h':>9} {'per worker':>10} {'speed-up':>8} "
         f"{'elapsed s':>9} | median s: {'queued→started':>14} {'started→written':>15} "
-        f"{'written→delivered':>17} | {'locked':>6}"
+        f"{'written→delivered':>17} | {'locked':>6} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -246,7 +254,7 @@ def main() -> None:
                 f"{setup.name:<16} {setup.workers:>7} {rate:>9.0f} {rate / setup.workers:>10.0f} {speed_up} "
                 f"{figures['elapsed']:>9.1f} | {'':>9} {figures['queued_to_started']:>14.2f} "
                 f"{figures['started_to_written']:>15.2f} {figures['written_to_delivered']:>17.2f} | "
-                f"{figures['locked']:>6.0f}",
+                f"{figures['locked']:>6.0f} {figures['load']:>5.1f}",
                 flush=True,
             )
 
