@@ -417,3 +417,6 @@ def node_factory(tmp_path: Path, pacs: Pacs) -> Iterator[Callable[..., NodeUnder
     finally:
         for node in nodes:
             node.stop()
+
+
+from tests.jobs.shipped_ct import shipped_ct_run  # noqa: E402, F401  (the session's shipped-config run)

@@ -4,7 +4,8 @@
 Real processes: ``dicom-node serve --no-worker`` (edge, assembler, reconciler), three workers on Redis
 (each its own reconciler loop and heartbeat, all writing the one SQLite file) and DCMTK ``storescp`` as
 the PACS. The studies arrive together so that claims, heartbeats, results and deliveries of different
-processes overlap.
+processes overlap. Writers wait for each other through SQLite's busy timeout (``PRAGMA busy_timeout``,
+dicom_node/index/database.py): with it set to 0 this test fails with "database is locked" in serve.log.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def test_three_workers_on_one_sqlite_index_never_see_it_locked(tmp_path, redis_d
     # More than one worker took jobs (otherwise nothing here was concurrent).
     assert len({j.worker_host for j in jobs}) > 1, {j.worker_host for j in jobs}
     assert Counter(pacs.received()) == Counter(result_uids(uid)[1] for uid, _ in studies)
+    # Neither a lock error nor the Celery retry it would cause (tasks autoretry on OperationalError).
     for log in ("serve.log", "worker.log"):
         text = (node.root / log).read_text(errors="replace")
-        assert LOCKED not in text, text[text.index(LOCKED) - 2000 : text.index(LOCKED) + 500]
+        for sign in (LOCKED, "OperationalError"):
+            assert sign not in text, text[max(0, text.find(sign) - 2000) : text.find(sign) + 500]
