@@ -9,7 +9,6 @@ the reports tests' Orthanc fixture; nothing is mocked.
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +21,12 @@ from sqlalchemy import select
 
 from dicom_node.index.database import Database
 from dicom_node.index.models import Delivery, DeliveryState, Job, JobState
-from tests.jobs.conftest import NodeUnderTest, flushed_redis, make_ct_study, wait_for
+from tests.jobs.conftest import NodeUnderTest, flushed_redis, make_ct_study, redis_db_number, wait_for
 from tests.jobs.fixed_pipeline import result_uids
 from tests.reports.test_orthanc import Pacs as Orthanc
 from tests.reports.test_orthanc import orthanc  # noqa: F401  (fixture)
 
-REDIS_DB = int(os.environ.get("DICOM_NODE_TEST_REDIS_DB", "7")) + 2
+REDIS_DB = redis_db_number(offset=1)  # the job tests' database + 2 (one per pytest-xdist worker)
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 

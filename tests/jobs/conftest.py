@@ -37,7 +37,23 @@ from dicom_node.index.database import Database
 from tests.jobs.recording_pacs import RecordingPacs
 
 REPO = Path(__file__).resolve().parents[2]
-REDIS_DB = int(os.environ.get("DICOM_NODE_TEST_REDIS_DB", "7"))  # a helper running beside CI picks another
+
+
+def redis_db_number(offset: int = 0) -> int:
+    """This session's Redis database: ``$DICOM_NODE_TEST_REDIS_DB`` (7 unless a run beside CI picks
+    another) plus the pytest-xdist worker's index, so that workers never flush each other's queues.
+
+    ``offset`` > 0 names a second database per worker (the topology test's), past every worker's first
+    one: with 1 or 2 workers the second is the first + 2, as it always was.
+    """
+    base = int(os.environ.get("DICOM_NODE_TEST_REDIS_DB", "7"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # set by pytest-xdist in each of its workers
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw"))
+    return base + index + (max(2, workers) * offset)
+
+
+REDIS_DB = redis_db_number()
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 CLI = [sys.executable, "-c", "from dicom_node.cli.app import main; main()"]
 
@@ -401,3 +417,6 @@ def node_factory(tmp_path: Path, pacs: Pacs) -> Iterator[Callable[..., NodeUnder
     finally:
         for node in nodes:
             node.stop()
+
+
+from tests.jobs.shipped_ct import shipped_ct_run  # noqa: E402, F401  (the session's shipped-config run)

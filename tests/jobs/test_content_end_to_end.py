@@ -10,6 +10,9 @@ nodule model none, so a nodule job could only end skipped; the content check run
   inside the body, under 100 ml) and the nodule job ends skipped with that figure.
 - A generated head CT with no tags at all (so geometry alone routes it): both jobs end skipped, "no lung
   in field of view" and "no spine in field of view", with the figures in ``jobs`` and ``route --explain``.
+
+The node run is the session's ``shipped_ct_run`` (tests/jobs/shipped_ct.py), which test_multiframe.py
+reads too: the vertebra network runs once per series sent.
 """
 
 from __future__ import annotations
@@ -18,58 +21,26 @@ import json
 import subprocess
 
 import pytest
-from pydicom import dcmread
 
-from dicom_node.index.models import Job, JobState
-from models.installer import import_weights, scaffold
-from tests import phantoms
-from tests.conftest import CT_DIR
-from tests.factories import UNTAGGED_CT, write_ct_series
-from tests.jobs.conftest import CLI, wait_for
+from dicom_node.index.models import Job, JobState, Study
+from tests.jobs.conftest import CLI
+from tests.jobs.shipped_ct import TIMEOUT, XDIST_GROUP
 
 pytestmark = pytest.mark.slow
 
 
-def test_content_checks_decide_which_pipelines_run(tmp_path, redis_db, pacs, node_factory):
-    models_dir = tmp_path / "models"
-    models_dir.mkdir()
-    name = "monai-wholebody-ct-segmentation"
-    import_weights(scaffold(name, tmp_path / f"{name}.pt"), models_dir, model=name)
-    head = write_ct_series(
-        tmp_path / "head",
-        64,
-        rows=200,
-        columns=200,
-        spacing=2.0,
-        thickness=2.5,
-        headers=UNTAGGED_CT,
-        phantom=phantoms.head,
-    )
-    head_uid = str(dcmread(head[0], stop_before_pixels=True).StudyInstanceUID)
-    ct = sorted(CT_DIR.glob("*.dcm"))
-    ct_uid = str(dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID)
-
-    pacs.start()
-    node = node_factory(task_time_limit=1800, running_lease=300)  # the vertebra model on CPU
-    shipped = node.config.read_text().split("[[routes]]")[0]  # the fixture's own routes removed
-    node.config.write_text(shipped + "[analysis]\nallow_untrained = true\n")
-    node.serve()
-    node._start(["worker", "--concurrency", "1"], "worker.log", DICOM_NODE_MODELS_DIR=str(models_dir))
-    node.send(ct, options=("-xv",), timeout=120)
-    node.send(head, options=("-xv",), timeout=120)
-
-    def finished() -> dict[tuple[str, str], Job] | None:
-        jobs = node.rows(Job)
-        if len(jobs) < 4 or any(j.state in (JobState.QUEUED, JobState.RUNNING) for j in jobs):
-            return None
-        database = node.database()
-        try:
-            with database.sessions() as session:
-                return {(session.get(Job, j.id).study.study_instance_uid, j.pipeline): j for j in jobs}
-        finally:
-            database.dispose()
-
-    jobs = wait_for(finished, 1800, "the four jobs to finish")
+@pytest.mark.xdist_group(XDIST_GROUP)
+@pytest.mark.timeout(TIMEOUT)  # the shared run: three vertebra runs on CPU, one after the other
+def test_content_checks_decide_which_pipelines_run(shipped_ct_run):
+    node, ct_uid, head_uid = shipped_ct_run.node, shipped_ct_run.ct_study, shipped_ct_run.head_study
+    # This test's studies: the shared CT and the head CT (the run also holds the multi-frame forms).
+    studies = {study.id: study.study_instance_uid for study in node.rows(Study)}
+    jobs = {
+        (studies[j.study_id], j.pipeline): j
+        for j in node.rows(Job)
+        if studies[j.study_id] in (ct_uid, head_uid)
+    }
+    assert all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs.values())
     log = node.log("worker.log")
     states = {key: (j.state, j.error) for key, j in jobs.items()}
     assert set(states) == {(u, p) for u in (ct_uid, head_uid) for p in ("ct-lung-nodules", "ct-vertebrae")}

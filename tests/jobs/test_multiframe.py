@@ -6,6 +6,8 @@ source frame.
 Real processes: ``dicom-node serve`` and ``dicom-node worker`` on Redis, DCMTK ``storescu`` as the
 modality and ``storescp`` as the PACS; the vertebra model has scaffold weights (the published
 architecture, untrained: this proves indexing, routing and frame references, never the findings' value).
+The node run is the session's ``shipped_ct_run`` (tests/jobs/shipped_ct.py), which test_content_end_to_end.py
+reads too: the vertebra network runs once per series sent.
 """
 
 from __future__ import annotations
@@ -13,13 +15,10 @@ from __future__ import annotations
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from dicom_node.index.models import Delivery, DeliveryState, Job, JobState, Series, Study
-from models.installer import import_weights, scaffold
-from tests.conftest import CT_DIR
-from tests.jobs.conftest import wait_for
-from tests.multiframe import LEGACY_VALIDATOR_GAP, enhanced_ct, legacy_converted_ct
+from tests.jobs.shipped_ct import TIMEOUT, XDIST_GROUP
+from tests.multiframe import LEGACY_VALIDATOR_GAP
 from tests.reports.tools import dciodvfy_errors
 
 pytestmark = pytest.mark.slow
@@ -46,32 +45,29 @@ def _frame_positions(image: Dataset) -> dict[int, tuple[float, ...]]:
     }
 
 
-@pytest.mark.timeout(2700)  # three vertebra runs on CPU, one after the other (4-9 min each here)
-def test_multiframe_ct_is_indexed_routed_and_analysed_like_its_source_series(
-    tmp_path, redis_db, pacs, node_factory
-):
-    slices = sorted(CT_DIR.glob("*.dcm"))
-    legacy = legacy_converted_ct(slices, tmp_path / "mf" / "legacy.dcm", study_uid=generate_uid())
-    enhanced = enhanced_ct(slices, tmp_path / "mf" / "enhanced.dcm", study_uid=generate_uid())
+@pytest.mark.xdist_group(XDIST_GROUP)
+@pytest.mark.timeout(TIMEOUT)  # the shared run: three vertebra runs on CPU, one after the other
+def test_multiframe_ct_is_indexed_routed_and_analysed_like_its_source_series(tmp_path, shipped_ct_run):
+    run = shipped_ct_run
+    legacy, enhanced, node, pacs = run.legacy, run.enhanced, run.node, run.pacs
     for path, gaps in ((legacy, [LEGACY_VALIDATOR_GAP]), (enhanced, [])):
         errors, output = dciodvfy_errors(path)
         assert errors == gaps, output
-    models_dir = tmp_path / "models"
-    models_dir.mkdir()
-    name = "monai-wholebody-ct-segmentation"
-    import_weights(scaffold(name, tmp_path / "vertebrae.pt"), models_dir, model=name)
-
-    pacs.start()
-    node = node_factory(task_time_limit=1800, running_lease=120)
-    shipped = node.config.read_text().split("[[routes]]")[0]
-    node.config.write_text(shipped + "[analysis]\nallow_untrained = true\n")
-    node.serve()
-    node._start(["worker", "--concurrency", "1"], "worker.log", DICOM_NODE_MODELS_DIR=str(models_dir))
-    for options, path in ((["-xv", "+sd"], CT_DIR), (["-R"], legacy), (["-R"], enhanced)):
-        node.send([path], options=tuple(options), timeout=120)
+    # This test's studies: the shared CT and its two multi-frame forms (the run also holds a head CT).
+    studies = {study.id: study.study_instance_uid for study in node.rows(Study)}
+    mine = {
+        run.ct_study,
+        *(str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in (legacy, enhanced)),
+    }
+    ours = {study_id for study_id, uid in studies.items() if uid in mine}
 
     # Indexed with the geometry of the functional groups: as the single-frame series, in one instance.
-    series = wait_for(lambda: (rows := node.rows(Series)) and len(rows) == 3 and rows, 60, "three series")
+    # (The series sent; their studies also hold the result series stored into them.)
+    sent = {str(dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in (run.ct[0], legacy, enhanced)}
+    series = [s for s in node.rows(Series) if s.series_instance_uid in sent]
+    assert len(series) == 3 and {s.study_id for s in series} <= ours, [
+        (s.series_instance_uid, s.num_instances) for s in node.rows(Series)
+    ]
     single = next(s for s in series if s.num_instances == 20)
     for multi in (s for s in series if s is not single):
         assert (multi.num_instances, multi.num_frames) == (1, 20)
@@ -82,13 +78,11 @@ def test_multiframe_ct_is_indexed_routed_and_analysed_like_its_source_series(
             single.slice_position_max,
         )
 
-    def finished() -> list[Job] | None:
-        # Per series a vertebra job, and a nodule job that its content check skips (too little lung).
-        jobs = node.rows(Job)
-        done = len(jobs) == 6 and all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs)
-        return jobs if done else None
-
-    jobs = wait_for(finished, 2400, "the six jobs")
+    # Per series a vertebra job, and a nodule job that its content check skips (too little lung).
+    jobs = [j for j in node.rows(Job) if j.study_id in ours]
+    assert len(jobs) == 6 and all(j.state not in (JobState.QUEUED, JobState.RUNNING) for j in jobs), [
+        (j.pipeline, j.state) for j in jobs
+    ]
     vertebrae = [j for j in jobs if j.pipeline == "ct-vertebrae"]
     assert [j.state for j in vertebrae] == [JobState.SUCCEEDED] * 3, (
         [(j.pipeline, j.state, j.error) for j in jobs],
@@ -98,13 +92,9 @@ def test_multiframe_ct_is_indexed_routed_and_analysed_like_its_source_series(
     assert [j.state for j in nodules] == [JobState.SKIPPED] * 3, [(j.state, j.error) for j in nodules]
     assert all("lung in field of view" in (j.error or "") for j in nodules), [j.error for j in nodules]
     # One delivery per job (its SEG and SR to the PACS).
-    wait_for(
-        lambda: (
-            (d := node.rows(Delivery)) and len(d) == 3 and all(x.state == DeliveryState.DELIVERED for x in d)
-        ),
-        180,
-        "every delivery",
-    )
+    job_ids = {j.id for j in vertebrae}
+    deliveries = [d for d in node.rows(Delivery) if d.job_id in job_ids]
+    assert len(deliveries) == 3 and all(x.state == DeliveryState.DELIVERED for x in deliveries), deliveries
     received = [dcmread(p) for p in sorted(pacs.folder.iterdir()) if p.is_file()]
     segs = {
         str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID): ds for ds in received if ds.SOPClassUID == SEG
@@ -135,7 +125,6 @@ def test_multiframe_ct_is_indexed_routed_and_analysed_like_its_source_series(
         assert dciodvfy_errors(written)[0] == [], dciodvfy_errors(written)[1]
 
     # route --explain names the frames where it counts images (the nodule rule wants 40 of them).
-    studies = {study.id: study.study_instance_uid for study in node.rows(Study)}
     for multi in (s for s in series if s is not single):
         explained = node.cli("route", "--explain", studies[multi.study_id])
         assert explained.returncode == 0, explained.stderr
