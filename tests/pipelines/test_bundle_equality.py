@@ -45,7 +45,7 @@ pytestmark = [
     pytest.mark.slow,
     # The bundle configs' own Orientationd (no ``labels``) and evaluator (``torch.autocast("cuda")`` on
     # a CPU-only torch) warn; those warnings are MONAI's about the published configs, not ours.
-    pytest.mark.filterwarnings("ignore:.*Orientationd.__init__:labels.*:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:.*Orientationd.__init__.labels.*:FutureWarning"),
     pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning"),
     pytest.mark.filterwarnings("ignore:.*nvImageCodec.*:UserWarning"),
 ]
