@@ -486,3 +486,44 @@ def test_partial_failure_warns_with_the_failed_instances(
     expected = sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in CT)
     assert sorted(failed.FailedSOPInstanceUIDList) == expected
     wait_for(lambda: len(plain.received()) == 3, 10, "the uncompressed study at the plain peer")
+
+
+def test_cancel_stops_a_retrieve_early(tmp_path, redis_db, pacs, node_factory) -> None:
+    """A C-CANCEL during a C-GET: the node stops between sub-operations and answers 0xFE00 with the
+    counts so far (remaining > 0), having sent only part of the study."""
+    node = node_factory()
+    node.serve()
+    _, files = make_ct_study(tmp_path / "many", slices=150)
+    node.send(files)
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    received: list[str] = []
+
+    def keep(event: evt.Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="GETSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    transfer_syntax = str(dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    ae.add_requested_context(CTImageStorage, transfer_syntax)
+    role = build_role(CTImageStorage, scp_role=True)
+    assoc = ae.associate(
+        "127.0.0.1", node.port, ae_title="NODE", ext_neg=[role], evt_handlers=[(evt.EVT_C_STORE, keep)]
+    )
+    assert assoc.is_established
+    statuses: list[Dataset] = []
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", study_uid
+        for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, msg_id=9):
+            statuses.append(status)
+            if len(statuses) == 1:
+                context = assoc._get_valid_context(StudyRootQueryRetrieveInformationModelGet, "", "scu")
+                assoc.send_c_cancel(9, context.context_id)
+    finally:
+        assoc.release()
+    final = statuses[-1]
+    assert final.Status == 0xFE00, f"final status 0x{final.Status:04X}"
+    assert 1 <= len(received) < 150, f"{len(received)} of 150 sent: the node did not stop early"
+    assert final.NumberOfRemainingSuboperations == 150 - len(received)
+    assert final.NumberOfCompletedSuboperations == len(received)
