@@ -39,6 +39,21 @@ def parse_queues(text: str) -> str:
     return ",".join(queues)
 
 
+def _log_shutdown(sig: str = "", how: str = "", **_: Any) -> None:
+    LOG.info("worker: %s shutdown on %s", how.lower() or "warm", sig or "a signal")
+
+
+def _json_only() -> None:
+    """With JSON logs every line is a record on stderr. Celery prints two things to stdout itself: its
+    banner (left out by ``--quiet``) and, from its SIGTERM handler, "worker: Warm shutdown (MainProcess)",
+    which nothing turns off. So stdout goes to /dev/null and the shutdown is logged as a record."""
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    signals.worker_shutting_down.connect(_log_shutdown, weak=False)
+
+
 def worker_argv(queues: str, concurrency: int, name: str, log_level: str, quiet: bool = False) -> list[str]:
     """Celery's command line; ``quiet`` leaves out the start-up banner (on stdout, not a log record)."""
     return [
@@ -96,6 +111,8 @@ def run_worker(
     )
     try:
         quiet = settings.log_format == "json"
+        if quiet:
+            _json_only()
         app.worker_main(worker_argv(queues, concurrency, name, settings.log_level, quiet))
     finally:
         if metrics is not None:
