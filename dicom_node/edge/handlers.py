@@ -17,7 +17,6 @@ become DIMSE statuses with an error comment; anything unexpected propagates and 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from dicom_node.config import AccessPolicy
 from dicom_node.edge import wakeup
 from dicom_node.edge.commitment import CommitmentService
 from dicom_node.edge.mpps import MppsService
+from dicom_node.edge.nodelay import nodelay
 from dicom_node.edge.receive import StreamingDimse
 from dicom_node.edge.retrieve import prefer_requested_syntaxes
 from dicom_node.errors import (
@@ -136,13 +136,7 @@ class EdgeHandlers:
             wakeup.install(event.assoc)
         except OSError:  # no descriptor left for the wake-up pipe: pynetdicom's own polling then
             LOG.warning("could not make the association's reactor event-driven", exc_info=True)
-        # Nagle's algorithm would hold each small C-STORE-RSP for up to 40 ms.
-        sock = event.assoc.dul.socket
-        if sock is not None and sock.socket is not None:
-            try:
-                sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                LOG.debug("could not set TCP_NODELAY", exc_info=True)
+        nodelay(event)
 
     def handle_conn_close(self, event: evt.Event) -> None:
         dimse = event.assoc.dimse

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicom_node.errors import QueryError
 from dicom_node.index.audit import AuditTrail
 from dicom_node.index.database import Database
-from dicom_node.index.query import InformationModel, Match, Query, find, parse_level
+from dicom_node.index.query import InformationModel, Match, Query, find, parse_level, put_value
 from dicom_node.ops.metrics import QUERY_MATCHES, QUERY_REQUESTS
 
 LOG = logging.getLogger(__name__)
@@ -112,13 +112,7 @@ def response_identifier(query: Query, match: Match, unknown: Dataset, ae_title: 
         tag = tag_for_keyword(keyword)
         if tag is None:
             continue
-        vr = dictionary_VR(tag)
-        if value is None or value == "":
-            ds.add_new(tag, vr, None)
-        elif isinstance(value, str) and "\\" in value:
-            ds.add_new(tag, vr, value.split("\\"))
-        else:
-            ds.add_new(tag, vr, value)
+        put_value(ds, tag, dictionary_VR(tag), value)
     for element in unknown:
         ds.add(element)
     return ds

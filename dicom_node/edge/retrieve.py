@@ -18,7 +18,6 @@ that does not fit is 0xA900 with the reason as Error Comment.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.config import Settings
+from dicom_node.edge.nodelay import nodelay
 from dicom_node.edge.query import (
     CANCEL,
     INDEX_UNAVAILABLE,
@@ -100,15 +100,6 @@ def prefer_requested_syntaxes(assoc: Association) -> None:
             context.scu_role = context.scp_role = True
         contexts.append(context)
     assoc.acceptor.supported_contexts = contexts
-
-
-def _nodelay(event: evt.Event) -> None:
-    sock = event.assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        try:
-            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            LOG.debug("could not set TCP_NODELAY", exc_info=True)
 
 
 @dataclass
@@ -217,7 +208,7 @@ class RetrieveService:
             destination.port,
             {
                 "contexts": _contexts(instances) or [build_context(Verification)],
-                "evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay)],
+                "evt_handlers": [(evt.EVT_CONN_OPEN, nodelay)],
             },
         )
         yield len(instances)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pydicom import Dataset
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, literal_column, or_, select
 from sqlalchemy.orm import Session, aliased
 
@@ -506,3 +507,14 @@ __all__ = [
     "parse_level",
     "supported_keywords",
 ]
+
+
+def put_value(ds: Dataset, tag: int, vr: str, value: str | int | None) -> None:
+    """Put one matched value into a response identifier (C-FIND) or a QIDO-RS result: empty as an
+    element without a value, a backslash-separated string as a multi-valued element."""
+    if value is None or value == "":
+        ds.add_new(tag, vr, None)
+    elif isinstance(value, str) and "\\" in value:
+        ds.add_new(tag, vr, value.split("\\"))
+    else:
+        ds.add_new(tag, vr, value)

@@ -198,12 +198,7 @@ def _engine_value(item: Key) -> str:
 
 def _element(ds: Dataset, keyword: str, value: str | int | None) -> None:
     tag, _, vr = attribute(keyword)
-    if value is None or value == "":
-        ds.add_new(tag, vr, None)
-    elif isinstance(value, str) and "\\" in value:
-        ds.add_new(tag, vr, value.split("\\"))
-    else:
-        ds.add_new(tag, vr, value)
+    engine.put_value(ds, tag, vr, value)
 
 
 class Search:
