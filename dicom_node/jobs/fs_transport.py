@@ -63,7 +63,9 @@ class Channel(filesystem.Channel):
     # kombu's two base classes name the argument differently (message, payload): keep the parent's
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Publish ``payload`` on ``queue``: written under a ``.part`` name, fsynced, renamed."""
-        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        # a fixed-width wall-clock stamp, so that ``sorted`` in ``_get`` is oldest first: kombu's
+        # unpadded monotonic milliseconds sort 10679869 before 2000000 and start again at each boot
+        name = f"{time.time_ns():020d}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         part = final + PART_SUFFIX
         data = dumps(payload).encode("utf-8")  # type: ignore[no-untyped-call]

@@ -8,6 +8,7 @@ transport, which reads a file between its create and its write now and then.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -88,9 +89,9 @@ def test_unreadable_message_is_set_aside_and_the_next_one_delivered(
     TaskQueue(app).enqueue_delivery(7)
     (written,) = os.listdir(messages)
     # what a stock kombu publisher leaves when it dies (or is read) between create and write
-    torn = messages / f"1_{'0' * 8}.{IO_QUEUE}.msg"
+    torn = messages / f"{1:020d}_{'0' * 8}.{IO_QUEUE}.msg"
     torn.write_bytes(b"")
-    garbage = messages / f"2_{'1' * 8}.{IO_QUEUE}.msg"
+    garbage = messages / f"{2:020d}_{'1' * 8}.{IO_QUEUE}.msg"
     garbage.write_bytes(b'{"body": ')
     assert sorted(os.listdir(messages))[-1] == written  # the whole message sorts after both
 
@@ -123,6 +124,13 @@ def test_publish_leaves_no_partial_file_and_uses_the_stock_layout(tmp_path: Path
     assert all(name.partition(".")[2] == f"{IO_QUEUE}.msg" for name in names)  # kombu's own names
     for name in names:
         assert json.loads((tmp_path / "queue" / "messages" / name).read_text())["properties"]
+    # the stamp has a fixed width, so the folder's sorted order (what a consumer takes) is publish order
+    assert len({len(name) for name in names}) == 1
+    published = [
+        json.loads((tmp_path / "queue" / "messages" / name).read_text())["body"] for name in sorted(names)
+    ]
+    decoded = [json.loads(base64.b64decode(body))[0] for body in published]
+    assert decoded == [[delivery_id] for delivery_id in range(5)]
 
 
 def _drain_one(settings: Settings) -> list[object]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from tests.jobs.conftest import REPO, NodeUnderTest, Pacs, free_port, wait_for
 from tests.jobs.test_real_pipelines import ROUTES, _install_scaffolds
 from tests.ohif.harness import missing, view
 from tests.ohif.site import OhifSite
-from tests.reports.conftest import chromium, ohif_harness
+from tests.reports.conftest import chromium, ohif_harness, run_ohif_harness
 
 pytestmark = pytest.mark.slow
 
@@ -139,20 +138,8 @@ def test_ohif_displays_the_nodes_own_sr_and_seg(
     if PRESENTATION_STATE:
         assert "PR" in modalities, modalities
     out = tmp_path / "ohif"
-    run = subprocess.run(
-        [
-            "bash",
-            str(ohif_harness / "run.sh"),
-            "--out",
-            str(out),
-            str(test_data / "ct" / "totalseg_dicom"),
-            str(test_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"),
-            str(folder),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    sources = [test_data / "ct" / "totalseg_dicom", test_data / "cxr" / "txrv_siim_cxr_sc_jpeg.dcm"]
+    run = run_ohif_harness(ohif_harness, out, [*sources, folder], timeout=600)
     viewed = time.monotonic()
     kept = _keep_screenshots(out) if out.is_dir() else None
     print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -126,3 +127,24 @@ def chromium(ohif_harness: Path) -> str:
     if not Path(path).exists():
         pytest.skip(f"OHIF check needs Chromium (/usr/bin/chromium); run {ohif_harness / 'setup.sh'}")
     return path
+
+
+HARNESS_INFRASTRUCTURE_EXIT = 2
+"""run.sh's exit status for a set-up or infrastructure failure (README of the harness), as opposed to 1,
+an SR or SEG that did not display. Under a loaded CI machine its study list can come up empty
+("study list: 0 row(s)") when OHIF's first QIDO-RS answer is late, while every object displays."""
+
+
+def run_ohif_harness(
+    harness: Path, out: Path, paths: list[Path], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run the shared harness on ``paths``; once more (into a fresh ``out``) after an infrastructure exit."""
+    command = ["bash", str(harness / "run.sh"), "--out", str(out), *map(str, paths)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if run.returncode == HARNESS_INFRASTRUCTURE_EXIT:
+        summary = out / "summary.txt"
+        first = summary.read_text() if summary.exists() else run.stdout[-2000:]
+        print(f"\nOHIF harness: infrastructure exit {run.returncode}, running it once more; first:\n{first}")
+        shutil.rmtree(out, ignore_errors=True)
+        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return run

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from dicom_node.reports import DEFAULT_PROFILE, write_results
 
-from .conftest import classification_result, nodule_result, vertebra_result
+from .conftest import classification_result, nodule_result, run_ohif_harness, vertebra_result
 from .data import CT_DIR, CXR, ct_series, cxr
 
 
@@ -27,12 +26,7 @@ def test_ohif_displays_every_sr_and_seg(tmp_path: Path, ohif_harness: Path, chro
         for i, ds in enumerate(write_results(result, sources, DEFAULT_PROFILE)):
             ds.save_as(objects_dir / f"{case}-{i}-{ds.Modality}.dcm", enforce_file_format=True)
     out = tmp_path / "ohif"
-    run = subprocess.run(
-        ["bash", str(ohif_harness / "run.sh"), "--out", str(out), str(CT_DIR), str(CXR), str(objects_dir)],
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
+    run = run_ohif_harness(ohif_harness, out, [CT_DIR, CXR, objects_dir], timeout=840)
     summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else ""
     assert run.returncode == 0, (
         f"OHIF check exit {run.returncode}:\n{summary}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
