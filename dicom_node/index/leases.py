@@ -94,8 +94,13 @@ class LeaseHeartbeat:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End the heartbeat (again: a no-op) before the row's outcome is written."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _statement(self) -> Update:
         model = self.model

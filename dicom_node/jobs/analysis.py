@@ -29,6 +29,7 @@ pipeline and a minimal writer this way, in the worker process).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -37,6 +38,7 @@ import time
 from collections.abc import Callable, MutableMapping, Sequence
 from datetime import timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pydicom
@@ -54,8 +56,15 @@ from dicom_node.index.models import (
     Result,
     utcnow,
 )
+from dicom_node.jobs.batching import queued_jobs
 from dicom_node.jobs.content import ContentCheckFailedError, require_content, required_checks
-from dicom_node.jobs.identity import basis_key, replaced_reports, settle_basis, source_series
+from dicom_node.jobs.identity import (
+    SourceSeries,
+    basis_key,
+    replaced_reports,
+    settle_basis,
+    source_series,
+)
 from dicom_node.jobs.registry import Pipeline, PipelineUnavailableError, ResultContext
 from dicom_node.ops.metrics import ANALYSIS_STAGE_SECONDS, JOBS_FINISHED, observe_job_stages
 from dicom_node.storage.ingest import describe_instance
@@ -243,70 +252,166 @@ def _model_version(pipeline: Pipeline, findings: Any) -> str | None:
     return str(version) if version else None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Claim:
+    """A job this worker holds: its row as read after the claim, and the claim token."""
+
+    job: Job
+    token: str
+    pipeline: str
+    study_uid: str
+    attempts: int
+    stamps: tuple[Any, Any, Any]
+
+    @property
+    def job_id(self) -> int:
+        return self.job.id
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return {"job_id": self.job.id, "pipeline": self.pipeline, "study_instance_uid": self.study_uid}
+
+
+def _read_claim(context: WorkerContext, job_id: int, token: str) -> _Claim:
+    with context.database.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return _Claim(
+            job=job,
+            token=token,
+            pipeline=job.pipeline,
+            study_uid=job.study.study_instance_uid,
+            attempts=job.attempts,
+            stamps=(job.stable_at, job.queued_at, job.started_at),
+        )
+
+
+def _gave_up(context: WorkerContext, claim: _Claim) -> bool:
+    """Fail the job if it has run out of attempts (``[jobs] max_attempts``); whether it did."""
+    if claim.attempts <= context.jobs.max_attempts:
+        return False
+    _finish(
+        context, claim.job_id, claim.token, JobState.FAILED, f"gave up after {claim.attempts - 1} attempts"
+    )
+    JOBS_FINISHED.labels(pipeline=claim.pipeline, outcome=JobOutcome.FAILED.value).inc()
+    return True
+
+
 def run_job(context: WorkerContext, job_id: int) -> JobOutcome:
-    """Run job ``job_id`` to its end state (see the module docstring)."""
+    """Run job ``job_id`` to its end state (see the module docstring).
+
+    A radiograph job may take queued jobs of its pipeline along into one batch (``_join_batch``); each
+    of those ends here too, with its own outcome, while the return value is this job's.
+    """
     token = claim_job(context, job_id)
     if token is None:
         LOG.info(
             "job %d: nothing to do (finished, or another worker holds it)", job_id, extra={"job_id": job_id}
         )
         return JobOutcome.NOT_CLAIMED
-    with context.database.sessions() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        pipeline_name = job.pipeline
-        study_uid = job.study.study_instance_uid
-        attempts = job.attempts
-        stamps = (job.stable_at, job.queued_at, job.started_at)
-    fields = {"job_id": job_id, "pipeline": pipeline_name, "study_instance_uid": study_uid}
-    if attempts > context.jobs.max_attempts:
-        _finish(context, job_id, token, JobState.FAILED, f"gave up after {attempts - 1} attempts")
-        JOBS_FINISHED.labels(pipeline=pipeline_name, outcome=JobOutcome.FAILED.value).inc()
+    claim = _read_claim(context, job_id, token)
+    if _gave_up(context, claim):
         return JobOutcome.FAILED
-    LOG.info("job %d: %s on study %s (attempt %d)", job_id, pipeline_name, study_uid, attempts, extra=fields)
+    LOG.info(
+        "job %d: %s on study %s (attempt %d)",
+        job_id,
+        claim.pipeline,
+        claim.study_uid,
+        claim.attempts,
+        extra=claim.fields,
+    )
     try:
-        with LeaseHeartbeat(context.database, Job, job_id, token, context.jobs.running_lease) as lease:
-            delivery_ids = _analyse(context, job, token, lease)
-    except LeaseLostError as error:
-        LOG.warning("job %d: results discarded, not published: %s", job_id, error)
-        return JobOutcome.NOT_CLAIMED
-    except (PipelineUnavailableError, ContentCheckFailedError) as error:
-        _finish(context, job_id, token, JobState.SKIPPED, str(error))
-        JOBS_FINISHED.labels(pipeline=pipeline_name, outcome=JobOutcome.SKIPPED.value).inc()
-        LOG.warning("job %d skipped: %s", job_id, error, extra=fields)
-        return JobOutcome.SKIPPED
-    except (OperationalError, TransientJobError) as error:
-        _release(context, job_id, token, f"transient: {error}")
-        JOBS_FINISHED.labels(pipeline=pipeline_name, outcome="retried").inc()
-        raise
+        with contextlib.ExitStack() as leases:  # every lease of the batch ends before its job's outcome
+            lease = leases.enter_context(
+                LeaseHeartbeat(context.database, Job, job_id, token, context.jobs.running_lease)
+            )
+            delivery_ids = _analyse(context, claim, lease, leases)
     except Exception as error:
-        _finish(context, job_id, token, JobState.FAILED, f"{type(error).__name__}: {error}")
-        JOBS_FINISHED.labels(pipeline=pipeline_name, outcome=JobOutcome.FAILED.value).inc()
-        LOG.error("job %d failed: %s", job_id, error, extra=fields)
-        raise
+        outcome, reraise = _settle_error(context, claim, error)
+        if reraise:
+            raise
+        return outcome
+    return _succeeded(context, claim, delivery_ids)
+
+
+def _settle_error(context: WorkerContext, claim: _Claim, error: Exception) -> tuple[JobOutcome, bool]:
+    """End (or put back) the claimed job after ``error``: its outcome, and whether to re-raise ``error``.
+
+    Re-raised: a transient error (Celery retries the task with backoff) and an unexpected one (the
+    worker logs it with its traceback).
+    """
+    job_id, fields = claim.job_id, claim.fields
+    if isinstance(error, LeaseLostError):
+        LOG.warning("job %d: results discarded, not published: %s", job_id, error, extra=fields)
+        return JobOutcome.NOT_CLAIMED, False
+    if isinstance(error, (PipelineUnavailableError, ContentCheckFailedError)):
+        _finish(context, job_id, claim.token, JobState.SKIPPED, str(error))
+        JOBS_FINISHED.labels(pipeline=claim.pipeline, outcome=JobOutcome.SKIPPED.value).inc()
+        LOG.warning("job %d skipped: %s", job_id, error, extra=fields)
+        return JobOutcome.SKIPPED, False
+    if isinstance(error, (OperationalError, TransientJobError)):
+        _release(context, job_id, claim.token, f"transient: {error}")
+        JOBS_FINISHED.labels(pipeline=claim.pipeline, outcome="retried").inc()
+        return JobOutcome.NOT_CLAIMED, True
+    _finish(context, job_id, claim.token, JobState.FAILED, f"{type(error).__name__}: {error}")
+    JOBS_FINISHED.labels(pipeline=claim.pipeline, outcome=JobOutcome.FAILED.value).inc()
+    LOG.error("job %d failed: %s", job_id, error, extra=fields)
+    return JobOutcome.FAILED, True
+
+
+def _succeeded(context: WorkerContext, claim: _Claim, delivery_ids: list[int] | None) -> JobOutcome:
+    """Count a finished run and queue its deliveries (``None``: the claim was lost while running)."""
     if delivery_ids is None:
-        LOG.warning("job %d: lost its claim while running; another worker finishes it", job_id, extra=fields)
+        LOG.warning(
+            "job %d: lost its claim while running; another worker finishes it",
+            claim.job_id,
+            extra=claim.fields,
+        )
         return JobOutcome.NOT_CLAIMED
-    JOBS_FINISHED.labels(pipeline=pipeline_name, outcome=JobOutcome.SUCCEEDED.value).inc()
-    observe_job_stages(*stamps, utcnow())
+    JOBS_FINISHED.labels(pipeline=claim.pipeline, outcome=JobOutcome.SUCCEEDED.value).inc()
+    observe_job_stages(*claim.stamps, utcnow())
     for delivery_id in delivery_ids:
         context.queue.enqueue_delivery(delivery_id)
-    LOG.info("job %d succeeded; %d deliveries queued", job_id, len(delivery_ids), extra=fields)
+    LOG.info("job %d succeeded; %d deliveries queued", claim.job_id, len(delivery_ids), extra=claim.fields)
     return JobOutcome.SUCCEEDED
 
 
-def _analyse(context: WorkerContext, job: Job, token: str, lease: LeaseHeartbeat) -> list[int] | None:
-    source = source_series(context, job)
+@dataclasses.dataclass(frozen=True)
+class _Member:
+    """A claimed job ready for its pipeline: its lease and the series it analyses."""
+
+    claim: _Claim
+    lease: LeaseHeartbeat
+    source: SourceSeries
+
+
+def _prepare(context: WorkerContext, claim: _Claim) -> SourceSeries:
+    """The job's series, after the content checks its route requires (a failed one skips the job)."""
+    source = source_series(context, claim.job)
     if not source.paths:
-        raise MissingInputError(f"series of job {job.id} has no stored instances")
-    if checks := required_checks(job):  # before the pipeline: a series without the anatomy is skipped
-        require_content(context, job.id, token, checks, source.paths)
+        raise MissingInputError(f"series of job {claim.job_id} has no stored instances")
+    if checks := required_checks(claim.job):  # before the pipeline: a series without the anatomy is skipped
+        require_content(context, claim.job_id, claim.token, checks, source.paths)
+    return source
+
+
+def _analyse(
+    context: WorkerContext, claim: _Claim, lease: LeaseHeartbeat, leases: contextlib.ExitStack
+) -> list[int] | None:
+    source = _prepare(context, claim)
     pipeline = context.registry.pipeline(
-        job.pipeline,
+        claim.pipeline,
         context.settings.models_dir,
         allow_untrained=context.settings.allow_untrained,
         mode=context.settings.analysis.mode,
     )
+    member = _Member(claim, lease, source)
+    run_batch: Callable[[list[Sequence[str | Path]]], list[Any]] | None = getattr(pipeline, "run_batch", None)
+    batch_size = context.settings.analysis.batch_size
+    if run_batch is not None and batch_size > 1:
+        others = _join_batch(context, claim, batch_size - 1, leases)
+        if others:
+            return _analyse_batch(context, pipeline, run_batch, member, others)
     try:
         findings, seconds = pipeline.run_timed(source.paths)
     except Exception as error:
@@ -314,7 +419,113 @@ def _analyse(context: WorkerContext, job: Job, token: str, lease: LeaseHeartbeat
             raise PipelineUnavailableError(str(error)) from error
         raise
     for stage, value in seconds.items():
-        ANALYSIS_STAGE_SECONDS.labels(pipeline=job.pipeline, stage=stage).observe(value)
+        ANALYSIS_STAGE_SECONDS.labels(pipeline=claim.pipeline, stage=stage).observe(value)
+    return _publish(context, pipeline, member, findings)
+
+
+def _join_batch(
+    context: WorkerContext, claim: _Claim, limit: int, leases: contextlib.ExitStack
+) -> list[_Member]:
+    """Claim up to ``limit`` more queued jobs of ``claim``'s pipeline, each with its own lease.
+
+    Their own task messages, when a worker takes them, find them claimed or finished and do nothing;
+    a job taken along here that this worker does not finish (killed) is re-queued by the reconciler
+    when its lease runs out, as any other.
+    """
+    members: list[_Member] = []
+    for job_id in queued_jobs(context.database, claim.pipeline, exclude=claim.job_id, limit=limit):
+        token = claim_job(context, job_id)
+        if token is None:
+            continue  # another worker took it between the query and the claim
+        other = _read_claim(context, job_id, token)
+        if _gave_up(context, other):
+            continue
+        lease = leases.enter_context(
+            LeaseHeartbeat(context.database, Job, job_id, token, context.jobs.running_lease)
+        )
+        try:
+            members.append(_Member(other, lease, _prepare(context, other)))
+        except Exception as error:
+            lease.stop()
+            _settle_apart(context, other, error)
+            continue
+        LOG.info(
+            "job %d: %s on study %s (attempt %d), in the batch of job %d",
+            job_id,
+            other.pipeline,
+            other.study_uid,
+            other.attempts,
+            claim.job_id,
+            extra=other.fields,
+        )
+    return members
+
+
+def _settle_apart(context: WorkerContext, claim: _Claim, error: Exception) -> None:
+    """End a job taken along into a batch after ``error``, without raising into the batch's own job.
+
+    One put back for a transient error gets a new task message at once (its own was taken already).
+    """
+    outcome, reraise = _settle_error(context, claim, error)  # logged there
+    if outcome is JobOutcome.NOT_CLAIMED and reraise:
+        try:
+            context.queue.enqueue_job(claim.job_id)
+        except Exception:  # the reconciler re-queues it after its queued lease
+            LOG.warning("job %d: could not queue it again", claim.job_id, exc_info=True, extra=claim.fields)
+
+
+def _analyse_batch(
+    context: WorkerContext,
+    pipeline: Pipeline,
+    run_batch: Callable[[list[Sequence[str | Path]]], list[Any]],
+    first: _Member,
+    others: Sequence[_Member],
+) -> list[int] | None:
+    """``first`` and ``others`` in one ``run_batch``; ``first``'s deliveries (or its error) returned."""
+    members = [first, *others]
+    LOG.info(
+        "job %d: %d %s jobs in one batch (%s)",
+        first.claim.job_id,
+        len(members),
+        first.claim.pipeline,
+        ", ".join(str(m.claim.job_id) for m in members),
+        extra=first.claim.fields,
+    )
+    started = time.perf_counter()
+    try:
+        outputs = run_batch([m.source.paths for m in members])
+    except Exception as error:
+        for member in others:
+            member.lease.stop()
+            _settle_apart(context, member.claim, error)
+        if _is_not_installed(error):
+            raise PipelineUnavailableError(str(error)) from error
+        raise
+    per_job = (time.perf_counter() - started) / len(members)
+    for _ in members:
+        ANALYSIS_STAGE_SECONDS.labels(pipeline=first.claim.pipeline, stage="batch").observe(per_job)
+    try:
+        if isinstance(outputs[0], Exception):
+            raise outputs[0]
+        return _publish(context, pipeline, first, outputs[0])
+    finally:
+        for member, output in zip(others, outputs[1:], strict=True):
+            try:
+                if isinstance(output, Exception):
+                    raise output
+                delivery_ids = _publish(context, pipeline, member, output)
+            except Exception as error:
+                member.lease.stop()
+                _settle_apart(context, member.claim, error)
+            else:
+                member.lease.stop()
+                _succeeded(context, member.claim, delivery_ids)
+
+
+def _publish(context: WorkerContext, pipeline: Pipeline, member: _Member, findings: Any) -> list[int] | None:
+    """Write the job's result objects, store them under its lease, and complete the job."""
+    claim, source = member.claim, member.source
+    job = claim.job
     sources = [pydicom.dcmread(p) for p in source.paths]
     model_version = _model_version(pipeline, findings)
     weights = str(getattr(getattr(findings, "model", None), "weights_sha256", "") or "")
@@ -329,8 +540,8 @@ def _analyse(context: WorkerContext, job: Job, token: str, lease: LeaseHeartbeat
     results: list[Result] = []
     for profile in profiles:
         datasets = writer(findings, sources, profile, result_context)
-        results += store_results(context, job, profile, datasets, written, lease.guard)
-    return _complete(context, job.id, token, model_version, results)
+        results += store_results(context, job, profile, datasets, written, member.lease.guard)
+    return _complete(context, job.id, claim.token, model_version, results)
 
 
 class MissingInputError(DicomNodeError):
