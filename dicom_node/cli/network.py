@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dicom_node.cli.support import (
@@ -65,7 +66,8 @@ def send(
         except Exception as error:
             skipped.append(f"{path}: {error}")
     for line in skipped:
-        errors.print(f"[yellow]skipped (not DICOM):[/yellow] {line}")
+        # one line per file however long its path (a log or grep must find the whole path)
+        errors.print(f"[yellow]skipped (not DICOM):[/yellow] {escape(line)}", soft_wrap=True)
     if not files:
         errors.print("[red]no DICOM files to send[/red]")
         raise typer.Exit(1)
