@@ -1,7 +1,8 @@
 """The published MONAI bundles' own ``inference.json``, run with our weights file: the anchor we equal.
 
-Used by ``tests/pipelines/test_bundle_equality.py`` (our label maps and boxes equal the bundles') and
-``bench/pipelines.py --against-bundle`` (our time next to the bundle's). Never by a job.
+Used by ``tests/pipelines/test_bundle_equality.py`` and ``test_bundle_equality_nodules.py`` (our label
+map and boxes equal the bundles') and ``bench/pipelines.py --against-bundle`` (our time next to the
+bundle's). Never by a job.
 
 The bundle configs are read from ``<bundles>/<bundle>/configs/inference.json`` (the published files,
 not ours to copy: ``$DICOM_NODE_REFERENCE/monai-bundles``) through MONAI's ``ConfigParser``; every

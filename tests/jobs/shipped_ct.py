@@ -12,9 +12,9 @@ plumbing, never findings; the nodule model stays uninstalled), DCMTK ``storescp`
 
 waits until every job has finished and every delivery is delivered, stops the processes, and hands the
 stopped node (its index, logs and settings: ``jobs`` and ``route --explain`` still run on it) and the
-PACS folder to the tests (test_multiframe.py, test_content_end_to_end.py). Each test reads only the
-studies it is about. With pytest-xdist the tests that use it share one group (``xdist_group``), so the
-run happens once on one worker.
+PACS folder to the tests (tests/jobs/test_shipped_ct.py). Each test reads only the studies it is about.
+The tests that use it are in one file, so that pytest-xdist's ``--dist loadfile`` (scripts/test) gives
+them one worker and the run happens once.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from tests.factories import UNTAGGED_CT, write_ct_series
 from tests.jobs.conftest import REDIS_URL, NodeUnderTest, Pacs, flushed_redis, free_port, wait_for
 from tests.multiframe import enhanced_ct, legacy_converted_ct
 
-XDIST_GROUP = "shipped-ct-run"
 VERTEBRAE = "monai-wholebody-ct-segmentation"
 # Three vertebra runs one after the other on a CPU (4–9 min each on a loaded 2-core host); the tests
 # that use the run take this as their timeout, because the first of them pays for it.

@@ -3,7 +3,7 @@
 A hand-filled node (fast: no analysis runs): the CT goes in by C-STORE (storescu), a SEG and an SR made
 on it by the OHIF harness's ``make_controls.py`` go in by STOW-RS, and OHIF — served from another
 origin, so through the node's CORS — must display both, with no request leaving loopback.
-``tests/jobs/test_ohif_node.py`` does the same with the node's own analysis results.
+``tests/jobs/test_real_pipelines.py`` does the same with the node's own analysis results.
 """
 
 from __future__ import annotations

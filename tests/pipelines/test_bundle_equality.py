@@ -19,64 +19,28 @@ Each side runs once per module (torch threads = CPU cores); the vertebra network
 
 from __future__ import annotations
 
-import os
-import shutil
-import warnings
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
 from models.installer import import_weights, scaffold
-from models.loader import forget_warm_models, weights_path
+from models.loader import weights_path
 from pipelines import bundle_reference as ref
 from pipelines.compute import select_compute
-from pipelines.ct_geometry import labels_to_patient_grid_by_inverse, model_affine_lps
-from pipelines.ct_lung_nodules import LungNoduleDetectionPipeline
+from pipelines.ct_geometry import labels_to_patient_grid_by_inverse
 from pipelines.ct_vertebrae import VertebraSegmentationPipeline, largest_components
-from pipelines.findings import NoduleDetectionResult, SegmentationResult
-from pipelines.io import load_ct_series
+from pipelines.findings import SegmentationResult
 from pipelines.patient_space import PatientSpace
 from pipelines.registry import get_pipeline
-from tests.conftest import CT_DIR, REPO
+from tests.pipelines.bundle_workspace import MARKS, WHOLEBODY, models_folder, workspace
 
-pytestmark = [
-    pytest.mark.slow,
-    # The bundle configs' own Orientationd (no ``labels``) and evaluator (``torch.autocast("cuda")`` on
-    # a CPU-only torch) warn; those warnings are MONAI's about the published configs, not ours.
-    pytest.mark.filterwarnings("ignore:.*Orientationd.__init__.labels.*:FutureWarning"),
-    pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*nvImageCodec.*:UserWarning"),
-]
-WHOLEBODY = "monai-wholebody-ct-segmentation"
-NODULES = "monai-lung-nodule-ct-detection"
-
-
-def _models_dir(root: Path) -> Path:
-    target = root / "models"
-    shutil.copytree(
-        REPO / "models", target, ignore=shutil.ignore_patterns("*.py", "__pycache__", "models", "downloads")
-    )
-    return target
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, bundle_reference):
-    torch.set_num_threads(os.cpu_count() or 1)
-    root = tmp_path_factory.mktemp("bundle-equality")
-    paths = sorted(CT_DIR.glob("*.dcm"))
-    volume = load_ct_series(paths)
-    nifti = ref.write_nifti(volume, root / "ct" / "ct.nii.gz")
-    forget_warm_models()
-    yield {"root": root, "paths": paths, "volume": volume, "nifti": nifti, "bundles": bundle_reference}
-    forget_warm_models()
+pytestmark = MARKS
+__all__ = ["workspace"]  # the module-scoped fixture both files use
 
 
 @pytest.fixture(scope="module")
 def vertebrae(workspace):
     root = workspace["root"]
-    models_dir = _models_dir(root / "wholebody")
+    models_dir = models_folder(root / "wholebody")
     import_weights(scaffold(WHOLEBODY, root / "wholebody.pt"), models_dir)
     weights = weights_path(models_dir, WHOLEBODY)
     bundle = ref.run_wholebody_bundle(
@@ -118,66 +82,3 @@ def test_vertebra_result_is_the_bundle_output_reduced_to_the_vertebrae(vertebrae
         bundle_kept, kept, pipeline.settings.min_component_mm3 / space.voxel_volume_mm3
     )
     np.testing.assert_array_equal(result.label_map, space.to_source(expected))
-
-
-def _boosted_detector_weights(root: Path) -> Path:
-    """The scaffold with its classification bias at 0 (prior 0.5 instead of 0.01): boxes pass 0.02."""
-    path = scaffold(NODULES, root / "nodules-scaffold.pt")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state["classification_head.cls_logits.bias"] = torch.full_like(
-        state["classification_head.cls_logits.bias"], -2.0
-    )
-    boosted = root / "nodules-boosted.pt"
-    torch.save(state, boosted)
-    return boosted
-
-
-@pytest.fixture(scope="module")
-def nodules(workspace):
-    root = workspace["root"]
-    models_dir = _models_dir(root / "nodules")
-    import_weights(_boosted_detector_weights(root), models_dir)
-    weights = weights_path(models_dir, NODULES)
-    bundle = ref.run_lung_nodule_bundle(
-        workspace["bundles"], weights, workspace["nifti"], root / "nodules-out"
-    )
-    pipeline = get_pipeline("ct-lung-nodules", models_dir, select_compute("cpu"), allow_untrained=True)
-    assert isinstance(pipeline, LungNoduleDetectionPipeline)
-    volume = pipeline.load(workspace["paths"])
-    image = pipeline.preprocess(volume)
-    with warnings.catch_warnings():
-        detections = pipeline.infer(image)
-    result = pipeline.postprocess(volume, image, detections)
-    centres, sizes, kept = ref.boxes_to_lps(detections.boxes, model_affine_lps(image), image.shape[1:])
-    return {
-        "bundle": bundle,
-        "centres": centres,
-        "sizes": sizes,
-        "scores": detections.scores[kept],
-        "result": result,
-        "report": pipeline.settings.report_score_thresh,
-    }
-
-
-def test_nodule_boxes_and_scores_equal_the_bundle_detectors(nodules):
-    bundle = nodules["bundle"]
-    assert len(bundle.scores) >= 5, "too few boxes above the bundle's threshold: equality would be trivial"
-    assert np.ptp(bundle.scores) > 1e-3, "the bundle's scores are all equal: their equality would be trivial"
-    assert len(nodules["scores"]) == len(bundle.scores)
-    np.testing.assert_allclose(nodules["scores"], bundle.scores, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(nodules["centres"], bundle.centers_lps, rtol=0, atol=1e-3)
-    np.testing.assert_allclose(nodules["sizes"], bundle.sizes_mm, rtol=0, atol=1e-3)
-
-
-def test_reported_nodules_are_the_bundle_boxes_above_the_reporting_threshold(nodules):
-    bundle, result = nodules["bundle"], nodules["result"]
-    assert isinstance(result, NoduleDetectionResult)
-    chosen = bundle.scores >= nodules["report"]
-    assert chosen.any(), "no bundle box reaches the reporting threshold: the check would be trivial"
-    order = np.argsort(-bundle.scores[chosen], kind="stable")
-    expected_centres = bundle.centers_lps[chosen][order]
-    assert len(result.nodules) == int(chosen.sum())
-    np.testing.assert_allclose([n.center for n in result.nodules], expected_centres, rtol=0, atol=1e-3)
-    np.testing.assert_allclose(
-        [n.confidence for n in result.nodules], np.clip(bundle.scores[chosen][order], 0, 1), atol=1e-5
-    )
