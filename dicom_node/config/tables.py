@@ -204,13 +204,15 @@ class AnalysisSettings(Table):
     lungs' bounding box; vertebrae: sliding windows without overlap); the algorithm version of every
     such result ends in ``+fast`` (docs/pipelines.md). The radiograph pipeline is the same in both."""
 
-    batch_size: PositiveCount = 8
+    batch_size: PositiveCount = 1
     """The most radiograph jobs (``cxr-classification``) one worker analyses in one network pass when
     they are queued together, e.g. a backlog of studies from several modalities: the worker that takes
     one queued job claims up to ``batch_size - 1`` more of the same pipeline (oldest first), each still
     its own job with its own lease, outcome and deliveries; an image the pipeline refuses fails only its
-    own job. On a GPU a batch costs about as much as one image; on a CPU it saves little and the first
-    job of a batch waits for the others. ``1`` turns batching off. The CT pipelines run one job at a
+    own job. ``1`` (the default) turns batching off. For a GPU worker (deploy/compose.yaml sets 8): on a
+    GPU a batch costs about as much as one image, while on a CPU it does not pay (8 radiographs of
+    2048²: 1.83 s each in one batch against 1.56 s alone, bench/pipelines.py --batch 8, 2 cores,
+    2026-12-01) and the first job of a batch waits for the others. The CT pipelines run one job at a
     time."""
 
 

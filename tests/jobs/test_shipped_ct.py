@@ -37,12 +37,24 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicom_node.index.models import Delivery, DeliveryState, Job, JobState, Series, Study
-from tests.jobs.conftest import CLI
+from tests.jobs.conftest import CLI, NodeUnderTest
 from tests.jobs.shipped_ct import TIMEOUT
 from tests.multiframe import LEGACY_VALIDATOR_GAP
 from tests.reports.tools import dciodvfy_errors
 
 pytestmark = pytest.mark.slow
+
+
+def _wide_cli(node: NodeUnderTest, *args: str) -> subprocess.CompletedProcess[str]:
+    """A CLI command on the stopped node, with a terminal wide enough that rich wraps no table cell."""
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=node.root,
+        env={**node.env(), "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.timeout(TIMEOUT)  # the shared run: three vertebra runs on CPU, one after the other
@@ -81,25 +93,11 @@ def test_content_checks_decide_which_pipelines_run(shipped_ct_run):
     assert rows["ct-lung-nodules"]["state"] == "skipped"
     assert rows["ct-lung-nodules"]["requires"] == ["lungs"]
     assert rows["ct-lung-nodules"]["content_checks"]["checks"]["lungs"]["passed"] is False
-    table = subprocess.run(
-        [*CLI, "jobs", "--study", head_uid],
-        cwd=node.root,
-        env={**node.env(), "COLUMNS": "300"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    table = _wide_cli(node, "jobs", "--study", head_uid)
     assert table.returncode == 0, table.stderr
     assert "no lung in field of view: " in table.stdout and "lungs " in table.stdout
 
-    explained = subprocess.run(
-        [*CLI, "route", "--explain", head_uid],
-        cwd=node.root,
-        env={**node.env(), "COLUMNS": "300"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    explained = _wide_cli(node, "route", "--explain", head_uid)
     assert explained.returncode == 0, explained.stderr
     job_id = jobs[(head_uid, "ct-lung-nodules")].id
     assert f"content check lungs (job {job_id}): FAIL, no lung in field of view: " in explained.stdout
