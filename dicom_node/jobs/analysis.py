@@ -344,7 +344,8 @@ def _settle_error(context: WorkerContext, claim: _Claim, error: Exception) -> tu
     if isinstance(error, LeaseLostError):
         LOG.warning("job %d: results discarded, not published: %s", job_id, error, extra=fields)
         return JobOutcome.NOT_CLAIMED, False
-    if isinstance(error, (PipelineUnavailableError, ContentCheckFailedError)):
+    # a model missing only when the pipeline runs is skipped like one missing when it is built
+    if isinstance(error, (PipelineUnavailableError, ContentCheckFailedError)) or _is_not_installed(error):
         _finish(context, job_id, claim.token, JobState.SKIPPED, str(error))
         JOBS_FINISHED.labels(pipeline=claim.pipeline, outcome=JobOutcome.SKIPPED.value).inc()
         LOG.warning("job %d skipped: %s", job_id, error, extra=fields)
@@ -412,12 +413,7 @@ def _analyse(
         others = _join_batch(context, claim, batch_size - 1, leases)
         if others:
             return _analyse_batch(context, pipeline, run_batch, member, others)
-    try:
-        findings, seconds = pipeline.run_timed(source.paths)
-    except Exception as error:
-        if _is_not_installed(error):
-            raise PipelineUnavailableError(str(error)) from error
-        raise
+    findings, seconds = pipeline.run_timed(source.paths)
     for stage, value in seconds.items():
         ANALYSIS_STAGE_SECONDS.labels(pipeline=claim.pipeline, stage=stage).observe(value)
     return _publish(context, pipeline, member, findings)
@@ -498,8 +494,6 @@ def _analyse_batch(
         for member in others:
             member.lease.stop()
             _settle_apart(context, member.claim, error)
-        if _is_not_installed(error):
-            raise PipelineUnavailableError(str(error)) from error
         raise
     per_job = (time.perf_counter() - started) / len(members)
     for _ in members:
