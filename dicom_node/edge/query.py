@@ -4,9 +4,10 @@ The matching is ``index/query.py``'s; this module turns a received identifier in
 ``Match`` into a response identifier holding only the keys asked for, plus Query/Retrieve Level,
 Specific Character Set (always ISO_IR 192, UTF-8: the index holds decoded text) and Retrieve AE Title.
 Statuses: 0xFF00 pending per match, 0x0000 at the end, 0xFE00 after a C-CANCEL (checked before each
-pending response), 0xA900 an identifier that does not fit the information model (with the reason as
-Error Comment), 0xC310 one that cannot be decoded, 0xC001 an index that cannot be read, 0x0124 an
-association the access check did not admit.
+pending response; every ``CANCEL_CHECK_EVERY`` responses the handler lets the network thread read the
+socket, which it does not do while responses are queued: ``edge/wakeup.py``), 0xA900 an identifier that
+does not fit the information model (with the reason as Error Comment), 0xC310 one that cannot be
+decoded, 0xC001 an index that cannot be read, 0x0124 an association the access check did not admit.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_node.edge.wakeup import let_the_peer_speak
 from dicom_node.errors import QueryError
 from dicom_node.index.audit import AuditTrail
 from dicom_node.index.database import Database
@@ -46,6 +48,8 @@ UNABLE_TO_DECODE = 0xC310
 INDEX_UNAVAILABLE = 0xC001
 CHARACTER_SET = "ISO_IR 192"
 ERROR_COMMENT_MAX = 64
+CANCEL_CHECK_EVERY = 16
+"""Pending responses between two turns given to the network thread to read a C-CANCEL."""
 
 MODELS: dict[str, InformationModel] = {
     str(PatientRootQueryRetrieveInformationModelFind): InformationModel.PATIENT_ROOT,
@@ -161,6 +165,8 @@ class FindService:
         sent = 0
         try:
             for match in find(self.database, query):
+                if sent and sent % CANCEL_CHECK_EVERY == 0:
+                    let_the_peer_speak(event.assoc)
                 if event.is_cancelled:
                     LOG.info("C-FIND cancelled by %s after %d matches", calling, sent)
                     QUERY_REQUESTS.labels(service="find", status="0xFE00").inc()

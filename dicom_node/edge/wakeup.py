@@ -25,6 +25,7 @@ import queue
 import select
 import socket
 import ssl
+import time
 import weakref
 from typing import Any, cast
 
@@ -34,6 +35,11 @@ from pynetdicom.transport import AssociationSocket
 # The longest the reactor waits without an event; what only its own loop notices (ARTIM timer expiry,
 # a kill at the end of the association) is seen this much later at most.
 IDLE_WAIT = 0.02
+
+# ``let_the_peer_speak``: how long a handler waits at most for the reactor to send what it queued, and
+# how long it then yields so that the reactor's next turn reads the socket.
+DRAIN_WAIT = 1.0
+READ_TURN = 0.001
 
 
 class _Wakeup:
@@ -131,3 +137,20 @@ def install(assoc: Association) -> bool:
     dul.to_provider_queue = _WakingQueue(wakeup)
     dul._run_loop_delay = 0
     return True
+
+
+def let_the_peer_speak(assoc: Association) -> None:
+    """Wait until ``assoc``'s reactor has sent what is queued, then give it a turn to read the socket.
+
+    pynetdicom's reactor either sends one queued primitive or reads the socket in a turn, never both,
+    and sends first ("We can either encode and send a primitive OR receive and decode a PDU per loop",
+    ``DULServiceProvider.run_reactor``). A handler that queues responses faster than they are sent
+    (C-FIND's pending responses, under load) keeps it from reading anything, and a C-CANCEL is then read
+    only after the last match was sent. A streaming handler calls this every few responses; it costs
+    about ``READ_TURN`` each time.
+    """
+    outgoing = assoc.dul.to_provider_queue
+    deadline = time.monotonic() + DRAIN_WAIT
+    while not outgoing.empty() and time.monotonic() < deadline:
+        time.sleep(0.0002)
+    time.sleep(READ_TURN)
