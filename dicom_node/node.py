@@ -23,6 +23,8 @@ from dicom_node.workflow.assembly import CompletedStudy, assemble
 
 LOG = logging.getLogger(__name__)
 ASSEMBLY_INTERVAL = 1.0
+SIGNAL_POLL = 0.5
+"""Seconds between two looks for a signal that arrived while the main thread waited (run_until_signalled)."""
 
 CompletionHook = Callable[[list[CompletedStudy]], None]
 
@@ -154,5 +156,11 @@ class Node:
         """Block until SIGTERM or SIGINT, then stop gracefully."""
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self.catch_signals()
-        self._signalled.wait()
+        # A bounded wait, not ``wait()``: CPython runs a signal handler in the main thread only when that
+        # thread returns to the interpreter, and a SIGTERM the kernel delivers to another thread (any
+        # association's) does not wake a lock wait without a timeout. The node then ignored SIGTERM
+        # until SIGKILL (seen twice in 4 runs of bench/ingest.py, `py-spy dump`: main thread in
+        # Event.wait, the handler never run).
+        while not self._signalled.wait(SIGNAL_POLL):
+            pass
         self.stop(grace)
