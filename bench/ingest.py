@@ -1,14 +1,17 @@
 """Ingest throughput: the node vs DCMTK storescp and Orthanc receiving the same CT in the same run.
 
-    .venv/bin/python bench/ingest.py [--slices 300] [--size 512] [--runs 3] [--only NAME,...]
+    .venv/bin/python bench/ingest.py [--slices 300] [--size 512] [--runs 3] [--single 30] [--only NAME,...]
 
-Sends a generated CT series with DCMTK storescu (TCP_NODELAY=1) over one association and over four
-parallel associations, to DCMTK storescp (writes files, no fsync, no index), to Orthanc (Debian's
-package as shipped: SQLite index, ``SyncStorageArea`` fsync, its 16 KiB PDU; TCP_NODELAY=1 in its
-environment, which its DCMTK network layer reads) and to ``dicom-node serve`` (fsync of file and
-folder and an indexed commit per instance before the response, SQLite). The receivers take turns
-within each run (storescp, Orthanc, node; 1 then 4 associations), so a machine shared with other work
-slows them alike; the table holds the median of ``--runs`` and each receiver's ratio to storescp.
+Sends a generated CT series with DCMTK storescu (TCP_NODELAY=1) over one association, over four
+parallel associations, and (``--single``) its first slices one association each, one after another, as
+a modality that sends each image on its own does (that row's time includes starting ``storescu`` per
+image, the same for every receiver), to DCMTK storescp (writes files, no fsync, no index), to Orthanc
+(Debian's package as shipped: SQLite index, ``SyncStorageArea`` fsync, its 16 KiB PDU; TCP_NODELAY=1
+in its environment, which its DCMTK network layer reads) and to ``dicom-node serve`` (fsync of file
+and folder and an indexed commit per instance before the response, SQLite). The receivers take turns
+within each run (storescp, Orthanc, node; 1, 4, then one association per image), so a machine shared
+with other work slows them alike; the table holds the median of ``--runs`` and each receiver's ratio
+to storescp.
 """
 
 from __future__ import annotations
@@ -131,7 +134,14 @@ def node(workdir: Path, tree: Path = REPO) -> Iterator[tuple[int, int]]:
         yield port, proc.pid
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            if os.environ.get("BENCH_HANG_DUMP"):
+                subprocess.run([os.environ["BENCH_HANG_DUMP"], "dump", "--pid", str(proc.pid)], check=False)
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"dicom-node serve ({tree}) did not stop within 30 s of SIGTERM") from None
 
 
 def send(port: int, folders: list[Path]) -> float:
@@ -158,6 +168,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def send_each(port: int, files: list[Path]) -> float:
+    """One association per file, one after another (a modality that sends each image on its own)."""
+    start = time.perf_counter()
+    for path in files:
+        done = subprocess.run(
+            ["storescu", "-aec", "STORESCP", "127.0.0.1", str(port), str(path)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.decode())
+    return time.perf_counter() - start
+
+
 def measure(receiver: Callable[[Path], Any], folders: list[Path]) -> tuple[float, float]:
     """Seconds the send took and the CPU seconds the receiver spent meanwhile (the latter is what a
     loaded machine disturbs least)."""
@@ -169,7 +195,7 @@ def measure(receiver: Callable[[Path], Any], folders: list[Path]) -> tuple[float
         ),
     ):
         before = cpu_seconds(pid)
-        seconds = send(port, folders)
+        seconds = send(port, folders) if folders[0].is_dir() else send_each(port, folders)
         return seconds, cpu_seconds(pid) - before
 
 
@@ -187,6 +213,9 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--single", type=int, default=30, help="images sent one per association (a third row per receiver)"
+    )
     parser.add_argument("--only", default=",".join(RECEIVERS), help="receivers, of " + ",".join(RECEIVERS))
     parser.add_argument(
         "--baseline",
@@ -212,13 +241,17 @@ def main() -> None:
         for i, path in enumerate(paths):
             four[i % 4].mkdir(exist_ok=True)
             os.link(path, four[i % 4] / path.name)
-        loads = (("1", [one]), ("4", four))
+        single = paths[: args.single]
+        loads = [("1", [one], len(paths)), ("4", four, len(paths))]
+        if single:
+            loads.append((f"{len(single)}×1", single, len(single)))
+        images = {label: count for label, _, count in loads}
         times: dict[tuple[str, str], list[tuple[float, float]]] = {
-            (n, label): [] for n in chosen for label, _ in loads
+            (n, label): [] for n in chosen for label, _, _ in loads
         }
         for _ in range(args.runs):  # interleaved: every receiver once per run
             for name in chosen:
-                for label, folders in loads:
+                for label, folders, _ in loads:
                     times[name, label].append(measure(RECEIVERS[name][1], folders))
 
     print(
@@ -237,9 +270,9 @@ def main() -> None:
         anchor = medians.get(("storescp", label))
         ratio = f"{anchor / seconds:>10.2f}" if anchor else f"{'':>10}"
         print(
-            f"| {RECEIVERS[name][0]:<38} | {label:>6} | {args.slices:>6} | {seconds:>7.2f} "
-            f"| {args.slices / seconds:>8.0f} | {total_mb / seconds:>5.0f} | {ratio} "
-            f"| {1000 * cpu[name, label] / args.slices:>12.2f} |"
+            f"| {RECEIVERS[name][0]:<38} | {label:>6} | {images[label]:>6} | {seconds:>7.2f} "
+            f"| {images[label] / seconds:>8.0f} | {total_mb * images[label] / len(paths) / seconds:>5.0f} "
+            f"| {ratio} | {1000 * cpu[name, label] / images[label]:>12.2f} |"
         )
 
 
