@@ -141,7 +141,8 @@ def node(workdir: Path, tree: Path = REPO) -> Iterator[tuple[int, int]]:
                 subprocess.run([os.environ["BENCH_HANG_DUMP"], "dump", "--pid", str(proc.pid)], check=False)
             proc.kill()
             proc.wait()
-            raise RuntimeError(f"dicom-node serve ({tree}) did not stop within 30 s of SIGTERM") from None
+            # The send was measured already; say so and go on.
+            print(f"warning: dicom-node serve ({tree}) did not stop within 30 s of SIGTERM", file=sys.stderr)
 
 
 def send(port: int, folders: list[Path]) -> float:
