@@ -78,22 +78,21 @@ class _QuicklyCopiedContext(PresentationContext):
     copy.
     """
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> _QuicklyCopiedContext:
-        copied = _QuicklyCopiedContext.__new__(_QuicklyCopiedContext)
-        copied.__dict__.update(self.__dict__)
-        copied._transfer_syntax = list(self._transfer_syntax)
+    @classmethod
+    def of(cls, context: PresentationContext) -> _QuicklyCopiedContext:
+        """A copy of ``context`` (any ``PresentationContext``): its fields shared, its list copied."""
+        copied = cls.__new__(cls)
+        copied.__dict__.update(context.__dict__)
+        copied._transfer_syntax = list(context._transfer_syntax)
         return copied
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _QuicklyCopiedContext:
+        return _QuicklyCopiedContext.of(self)
 
 
 def quickly_copied(contexts: list[PresentationContext]) -> list[PresentationContext]:
     """``contexts`` as ``_QuicklyCopiedContext`` instances (same fields, the list copied)."""
-    result: list[PresentationContext] = []
-    for context in contexts:
-        copied = _QuicklyCopiedContext.__new__(_QuicklyCopiedContext)
-        copied.__dict__.update(context.__dict__)
-        copied._transfer_syntax = list(context._transfer_syntax)
-        result.append(copied)
-    return result
+    return [_QuicklyCopiedContext.of(context) for context in contexts]
 
 
 def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
