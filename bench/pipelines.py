@@ -3,7 +3,7 @@
     .venv/bin/python bench/pipelines.py [--device cpu|cuda|all] [--slices 300] [--threads N]
                                         [--pipelines cxr-classification,ct-lung-nodules,ct-vertebrae]
                                         [--mode exact,fast] [--ct DIR] [--batch N]
-                                        [--against-bundle] [--models-dir DIR]
+                                        [--against-bundle [--rounds N]] [--models-dir DIR]
 
 Stages: model load (verify sha256 and architecture, build, load weights: once per worker process),
 read (DICOM decode and geometry), preprocess (the bundle's transforms), inference (the network) and
@@ -18,7 +18,8 @@ matched by centre: how far they moved, how much their scores changed; label maps
 ``--against-bundle`` also runs each CT pipeline's published ``inference.json`` through MONAI's bundle
 ``ConfigParser`` (``pipelines.bundle_reference``; configs from ``$DICOM_NODE_REFERENCE/monai-bundles``)
 on the same CT (written once as NIfTI-2 from our reader) with the same weights file, in the same
-process, and prints its time beside ours and whether the outputs are equal.
+process, and prints its time beside ours and whether the outputs are equal; ``--rounds N`` adds N - 1
+timings of both, the bundle first in every other round, and their medians.
 
 Without ``--models-dir`` the weights are UNTRAINED scaffolds of the exact architectures, imported into
 a temporary folder: right for timing, meaningless as analysis, and the table says so. The inputs are
@@ -161,28 +162,37 @@ def _label_difference(exact: Any, fast: Any) -> str:
     )
 
 
+def _bundle_run(name: str, pipeline: Any, ct: list[Path], models_dir: Path, root: Path, device: str) -> Any:
+    """The bundle's own inference.json on the same CT and weights file (its result has ``seconds``)."""
+    from models.loader import weights_path
+    from pipelines import bundle_reference as ref
+
+    bundles = Path(os.environ.get("DICOM_NODE_REFERENCE", "../shared/reference")).expanduser()
+    bundles = (Path(__file__).resolve().parents[1] / bundles).resolve() / "monai-bundles"
+    nifti = ref.write_nifti(pipeline.load(ct), root / "bundle-input" / "ct.nii.gz")
+    weights = weights_path(models_dir, PIPELINE_MODELS[name])
+    if name == "ct-vertebrae":
+        return ref.run_wholebody_bundle(bundles, weights, nifti, root / f"bundle-out-{device}")
+    return ref.run_lung_nodule_bundle(bundles, weights, nifti, root / f"bundle-out-{device}", device=device)
+
+
 def _against_bundle(
     name: str, pipeline: Any, ct: list[Path], models_dir: Path, root: Path, device: str
 ) -> str:
-    """The bundle's own inference.json on the same CT and weights file: its seconds and equality."""
-    from models.loader import weights_path
+    """The bundle's run beside ours: its seconds and whether the outputs are equal."""
     from pipelines import bundle_reference as ref
     from pipelines.ct_geometry import labels_to_patient_grid_by_inverse, model_affine_lps
     from pipelines.patient_space import PatientSpace
 
-    bundles = Path(os.environ.get("DICOM_NODE_REFERENCE", "../shared/reference")).expanduser()
-    bundles = (Path(__file__).resolve().parents[1] / bundles).resolve() / "monai-bundles"
     volume = pipeline.load(ct)
-    nifti = ref.write_nifti(volume, root / "bundle-input" / "ct.nii.gz")
-    weights = weights_path(models_dir, PIPELINE_MODELS[name])
     if name == "ct-vertebrae":
-        seg = ref.run_wholebody_bundle(bundles, weights, nifti, root / f"bundle-out-{device}")
+        seg = _bundle_run(name, pipeline, ct, models_dir, root, device)
         image = pipeline.preprocess(volume)
         # the way back the pipeline takes (MONAI's inverse, as the bundle's Invertd), as the test does
         ours = labels_to_patient_grid_by_inverse(pipeline.infer(image), image, PatientSpace.of(volume))
         differ = int((ours != seg.label_map).sum())
         return f"{seg.seconds:8.2f}  label map: {differ} voxels differ, {len(np.unique(ours))} labels"
-    det = ref.run_lung_nodule_bundle(bundles, weights, nifti, root / f"bundle-out-{device}", device=device)
+    det = _bundle_run(name, pipeline, ct, models_dir, root, device)
     image = pipeline.preprocess(volume)
     grid = pipeline.infer(image)
     centres, sizes, kept = ref.boxes_to_lps(grid.boxes, model_affine_lps(image), image.shape[1:])
@@ -200,6 +210,30 @@ def _against_bundle(
     )
 
 
+def _more_rounds(
+    name: str, pipeline: Any, ct: list[Path], models_dir: Path, root: Path, device: str, rounds: int
+) -> None:
+    """``rounds`` - 1 more timings of ours and the bundle's, the bundle first in every other round (so
+    that which side runs first, e.g. warmer caches or a later turn of a shared machine, cancels out)."""
+    ours_all, bundle_all = [], []
+    for round_ in range(1, rounds):
+        bundle_first = round_ % 2 == 1
+        if bundle_first:
+            bundle = _bundle_run(name, pipeline, ct, models_dir, root, device).seconds
+        ours = sum(pipeline.run_timed(ct)[1].values())
+        if not bundle_first:
+            bundle = _bundle_run(name, pipeline, ct, models_dir, root, device).seconds
+        ours_all.append(ours)
+        bundle_all.append(bundle)
+        first = "bundle" if bundle_first else "ours"
+        print(f"  round {round_ + 1}: ours {ours:.2f} s, bundle {bundle:.2f} s ({first} first)", flush=True)
+    print(
+        f"  median of rounds 2-{rounds}: ours {np.median(ours_all):.2f} s, "
+        f"bundle {np.median(bundle_all):.2f} s",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
@@ -213,6 +247,12 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=0, help="also time this many radiographs in one batch")
     parser.add_argument("--against-bundle", action="store_true")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --against-bundle: more timings, who goes first alternating",
+    )
     parser.add_argument("--models-dir", type=Path, default=None)
     args = parser.parse_args()
 
@@ -279,6 +319,8 @@ def main() -> None:
                     if args.against_bundle and name != "cxr-classification" and mode is AnalysisMode.EXACT:
                         line += " " + _against_bundle(name, pipeline, ct, models_dir, root, device)
                     print(line, flush=True)
+                    if args.rounds > 1 and args.against_bundle and mode is AnalysisMode.EXACT and paths is ct:
+                        _more_rounds(name, pipeline, ct, models_dir, root, device, args.rounds)
                     if name == "cxr-classification" and args.batch > 1:
                         assert isinstance(pipeline, CxrClassificationPipeline)
                         start = time.perf_counter()
