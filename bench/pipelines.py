@@ -162,14 +162,15 @@ def _label_difference(exact: Any, fast: Any) -> str:
     )
 
 
-def _bundle_run(name: str, pipeline: Any, ct: list[Path], models_dir: Path, root: Path, device: str) -> Any:
-    """The bundle's own inference.json on the same CT and weights file (its result has ``seconds``)."""
+def _bundle_run(name: str, volume: Any, models_dir: Path, root: Path, device: str) -> Any:
+    """The bundle's own inference.json on the CT our reader read and the same weights file (its result
+    has ``seconds``)."""
     from models.loader import weights_path
     from pipelines import bundle_reference as ref
 
     bundles = Path(os.environ.get("DICOM_NODE_REFERENCE", "../shared/reference")).expanduser()
     bundles = (Path(__file__).resolve().parents[1] / bundles).resolve() / "monai-bundles"
-    nifti = ref.write_nifti(pipeline.load(ct), root / "bundle-input" / "ct.nii.gz")
+    nifti = ref.write_nifti(volume, root / "bundle-input" / "ct.nii.gz")
     weights = weights_path(models_dir, PIPELINE_MODELS[name])
     if name == "ct-vertebrae":
         return ref.run_wholebody_bundle(bundles, weights, nifti, root / f"bundle-out-{device}")
@@ -186,13 +187,13 @@ def _against_bundle(
 
     volume = pipeline.load(ct)
     if name == "ct-vertebrae":
-        seg = _bundle_run(name, pipeline, ct, models_dir, root, device)
+        seg = _bundle_run(name, volume, models_dir, root, device)
         image = pipeline.preprocess(volume)
         # the way back the pipeline takes (MONAI's inverse, as the bundle's Invertd), as the test does
         ours = labels_to_patient_grid_by_inverse(pipeline.infer(image), image, PatientSpace.of(volume))
         differ = int((ours != seg.label_map).sum())
         return f"{seg.seconds:8.2f}  label map: {differ} voxels differ, {len(np.unique(ours))} labels"
-    det = _bundle_run(name, pipeline, ct, models_dir, root, device)
+    det = _bundle_run(name, volume, models_dir, root, device)
     image = pipeline.preprocess(volume)
     grid = pipeline.infer(image)
     centres, sizes, kept = ref.boxes_to_lps(grid.boxes, model_affine_lps(image), image.shape[1:])
@@ -215,14 +216,15 @@ def _more_rounds(
 ) -> None:
     """``rounds`` - 1 more timings of ours and the bundle's, the bundle first in every other round (so
     that which side runs first, e.g. warmer caches or a later turn of a shared machine, cancels out)."""
+    volume = pipeline.load(ct)
     ours_all, bundle_all = [], []
     for round_ in range(1, rounds):
         bundle_first = round_ % 2 == 1
         if bundle_first:
-            bundle = _bundle_run(name, pipeline, ct, models_dir, root, device).seconds
+            bundle = _bundle_run(name, volume, models_dir, root, device).seconds
         ours = sum(pipeline.run_timed(ct)[1].values())
         if not bundle_first:
-            bundle = _bundle_run(name, pipeline, ct, models_dir, root, device).seconds
+            bundle = _bundle_run(name, volume, models_dir, root, device).seconds
         ours_all.append(ours)
         bundle_all.append(bundle)
         first = "bundle" if bundle_first else "ours"
