@@ -11,7 +11,9 @@ in its environment, which its DCMTK network layer reads) and to ``dicom-node ser
 and folder and an indexed commit per instance before the response, SQLite). The receivers take turns
 within each run (storescp, Orthanc, node; 1, 4, then one association per image), so a machine shared
 with other work slows them alike; the table holds the median of ``--runs`` and each receiver's ratio
-to storescp.
+to storescp. The "fsync floor" rows write the same files the way the node makes them durable (write,
+fsync, rename, fsync of the folder) and do nothing else: no receiver that fsyncs each instance before
+its response can be faster on this disk.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -200,8 +203,46 @@ def measure(receiver: Callable[[Path], Any], folders: list[Path]) -> tuple[float
         return seconds, cpu_seconds(pid) - before
 
 
+def durable_floor(load: list[Path]) -> tuple[float, float]:
+    """The same files made durable the way the node does, with nothing else: written to a temporary
+    name, fsynced, renamed into place and the folder fsynced; no network, no parsing, no index. The
+    folders of a four-association load are written by four threads at once (the fsync releases the
+    GIL). What no receiver that fsyncs before it answers can beat on this disk."""
+    files = [sorted(f.iterdir()) for f in load] if load[0].is_dir() else [load]
+    contents = [[path.read_bytes() for path in group] for group in files]  # not timed
+
+    def write(group: list[bytes], folder: Path) -> None:
+        folder.mkdir()
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i, data in enumerate(group):
+                part = folder / f"{i}.part"
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                try:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(part, folder / f"{i}.dcm")
+                os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        folders = [Path(tmp) / str(n) for n in range(len(contents))]
+        threads = [threading.Thread(target=write, args=pair) for pair in zip(contents, folders, strict=True)]
+        before, start = os.times(), time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds, after = time.perf_counter() - start, os.times()
+    return seconds, (after.user - before.user) + (after.system - before.system)
+
+
 RECEIVERS: dict[str, tuple[str, Callable[[Path], Any]]] = {
     "storescp": ("DCMTK storescp (no fsync, no index)", storescp),
+    "floor": ("fsync floor (write+fsync, no network)", lambda _: None),  # durable_floor, not a server
     "orthanc": ("Orthanc 1.10 (fsync + SQLite index)", orthanc),
     "node": ("dicom-node serve (fsync + index)", node),
 }
@@ -253,7 +294,11 @@ def main() -> None:
         for _ in range(args.runs):  # interleaved: every receiver once per run
             for name in chosen:
                 for label, folders, _ in loads:
-                    times[name, label].append(measure(RECEIVERS[name][1], folders))
+                    if name == "floor":
+                        if folders[0].is_dir():  # one association per image: no floor to compare
+                            times[name, label].append(durable_floor(folders))
+                    else:
+                        times[name, label].append(measure(RECEIVERS[name][1], folders))
 
     print(
         f"\n{args.slices} CT slices of {args.size}² ({total_mb:.0f} MB), storescu with TCP_NODELAY=1, "
@@ -265,6 +310,7 @@ def main() -> None:
     )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    times = {key: values for key, values in times.items() if values}
     medians = {key: statistics.median(t for t, _ in values) for key, values in times.items()}
     cpu = {key: statistics.median(c for _, c in values) for key, values in times.items()}
     for (name, label), seconds in medians.items():
