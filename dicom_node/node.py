@@ -15,6 +15,7 @@ from dicom_node.index.database import Database
 from dicom_node.jobs.embedded import EmbeddedWorkers
 from dicom_node.jobs.reconciler import ReconcilerThread
 from dicom_node.ops.metrics import MetricsServer
+from dicom_node.receivers import ReceiverProcesses
 from dicom_node.storage.ingest import Ingest
 from dicom_node.storage.recovery import RecoveryReport, check_store_present, recover
 from dicom_node.storage.store import InstanceStore
@@ -58,6 +59,9 @@ class Node:
         self.store = InstanceStore(settings.storage_root, min_free_bytes=settings.min_free_bytes)
         self.ingest = Ingest(self.store, self.database)
         self.edge = EdgeServer(settings, self.ingest, on_evidence=self.look_again)
+        self.receivers: ReceiverProcesses | None = None
+        if settings.receivers > 1:
+            self.receivers = ReceiverProcesses(settings, self._evidence_from_receiver)
         self.web: WebServer | None = None
         if settings.dicomweb.enabled:
             self.web = WebServer(settings.dicomweb, settings.access, self.database, self.store, self.ingest)
@@ -88,6 +92,8 @@ class Node:
             except BaseException:
                 self.edge.stop(0)
                 raise
+        if self.receivers is not None:
+            self.receivers.start(self.address[1])
         if self.reconciler is not None:
             self.reconciler.start()
         if self.supervisor is not None:
@@ -110,6 +116,10 @@ class Node:
         timer.daemon = True
         timer.start()
 
+    def _evidence_from_receiver(self, delay: float) -> None:
+        """A receiver process saw completion evidence (dicom_node.receivers)."""
+        self.look_again(delay)
+
     def _assemble_loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(ASSEMBLY_INTERVAL)
@@ -130,7 +140,11 @@ class Node:
         self._wake.set()
         if self.web is not None:
             self.web.stop()
+        if self.receivers is not None:
+            self.receivers.signal_stop()  # they finish their associations while this one does
         self.edge.stop(grace)
+        if self.receivers is not None:
+            self.receivers.stop(grace)
         if self.supervisor is not None:
             self.supervisor.stop(grace)
         if self.reconciler is not None:

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     max_pdu: Count = 1024**2
     max_instance_bytes: Count = 4 * 1024**3
     max_associations: PositiveCount = 16
+    """Per receiver process: with ``receivers`` = N the node accepts up to N × this many at once."""
+    receivers: PositiveCount = 1
+    """Processes that accept associations on the DICOM port (``SO_REUSEPORT``: the kernel spreads new
+    connections over them); more than one uses more CPU cores for concurrent senders (docs/ingest.md)."""
     shutdown_grace: Seconds = 30.0
     min_free_bytes: Count = 64 * 1024**2
     timeouts: DimseTimeouts = DEFAULT_TIMEOUTS

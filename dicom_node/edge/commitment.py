@@ -29,7 +29,7 @@ from pydicom.uid import UID
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_RELEASE
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 
 from dicom_node.config import Destination, DimseTimeouts
 from dicom_node.index.database import Database
@@ -66,6 +66,13 @@ RELEASE_GRACE = 0.1
 """How long after the N-ACTION the reporter looks whether the requester is releasing its association."""
 SAME_ASSOCIATION_WAIT = 5.0
 """How long a requester that kept its association open may take to answer the report there."""
+CLAIM_LEASE = 120.0
+"""Seconds a process holds a report it is sending (``next_attempt_at``): with several receiver
+processes on one index, only the one whose claim took sends it; if it dies meanwhile, another sends it
+once the lease has run out."""
+OTHERS_GRACE = 10.0
+"""Seconds a request is left to the process that received it (which can report on the request's own
+association) before any other process takes it."""
 
 Evidence = Callable[[float], None]
 """Called with a delay in seconds when new completion evidence may let a study complete."""
@@ -239,14 +246,17 @@ class CommitmentService:
         return SUCCESS, None
 
     # --- reporting --------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the reporter; what a previous run left pending is due at once."""
-        with self.database.session() as session:
-            session.execute(
-                update(CommitmentRequest)
-                .where(CommitmentRequest.state == CommitmentState.PENDING)
-                .values(next_attempt_at=None)
-            )
+    def start(self, *, resume: bool = True) -> None:
+        """Start the reporter; with ``resume`` (the node's own process, at start-up), what a previous
+        run left pending is due at once. A receiver process (``dicom_node.receivers``) starts with
+        ``resume=False``: the node's claims and retries stand."""
+        if resume:
+            with self.database.session() as session:
+                session.execute(
+                    update(CommitmentRequest)
+                    .where(CommitmentRequest.state == CommitmentState.PENDING)
+                    .values(next_attempt_at=None)
+                )
         self._thread = threading.Thread(target=self._loop, name="commitment-reporter", daemon=True)
         self._thread.start()
 
@@ -266,18 +276,31 @@ class CommitmentService:
             self._wake.clear()
 
     def _due(self, now: datetime) -> list[int]:
+        """Pending requests due now: those this process received, and others' after ``OTHERS_GRACE``."""
         with self.database.session() as session:
-            return list(
-                session.scalars(
-                    select(CommitmentRequest.id)
-                    .where(CommitmentRequest.state == CommitmentState.PENDING)
-                    .where(
-                        (CommitmentRequest.next_attempt_at.is_(None))
-                        | (CommitmentRequest.next_attempt_at <= now)
-                    )
-                    .order_by(CommitmentRequest.id)
-                ).all()
+            rows = session.execute(
+                select(CommitmentRequest.id, CommitmentRequest.received_at)
+                .where(CommitmentRequest.state == CommitmentState.PENDING)
+                .where(_due_at(now))
+                .order_by(CommitmentRequest.id)
+            ).all()
+        with self._lock:
+            mine = set(self._live)
+        others = now - timedelta(seconds=OTHERS_GRACE)
+        return [row.id for row in rows if row.id in mine or row.received_at <= others]
+
+    def _claim(self, request_id: int) -> bool:
+        """Take the report for ``CLAIM_LEASE`` seconds, unless another process has taken it."""
+        now = utcnow()
+        with self.database.session() as session:
+            claimed = session.execute(
+                update(CommitmentRequest)
+                .where(CommitmentRequest.id == request_id)
+                .where(CommitmentRequest.state == CommitmentState.PENDING)
+                .where(_due_at(now))
+                .values(next_attempt_at=now + timedelta(seconds=CLAIM_LEASE))
             )
+            return bool(getattr(claimed, "rowcount", 0) == 1)
 
     def report_due(self) -> None:
         """Send the report of every pending request that is due."""
@@ -287,6 +310,8 @@ class CommitmentService:
             self._report(request_id)
 
     def _report(self, request_id: int) -> None:
+        if not self._claim(request_id):
+            return
         with self.database.session() as session:
             request = session.get(CommitmentRequest, request_id)
             if request is None or request.state != CommitmentState.PENDING:
@@ -401,6 +426,10 @@ class CommitmentService:
                     error,
                     delay,
                 )
+
+
+def _due_at(now: datetime) -> ColumnElement[bool]:
+    return (CommitmentRequest.next_attempt_at.is_(None)) | (CommitmentRequest.next_attempt_at <= now)
 
 
 def pending_transactions(database: Database) -> Iterable[str]:

@@ -8,7 +8,9 @@ flight to be written and indexed, and only then aborts what is left.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import threading
 import time
 from typing import Any
 
@@ -106,6 +108,20 @@ def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
     return context
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """An association server whose port other processes may listen on too (``SO_REUSEPORT``).
+
+    pynetdicom's ``server_bind`` sets only ``SO_REUSEADDR`` (and ignores socketserver's
+    ``allow_reuse_port``); every receiver process binds this way, and the kernel hands each new
+    connection to one of them.
+    """
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class EdgeServer:
     """The running listener."""
 
@@ -152,19 +168,26 @@ class EdgeServer:
         """Every handler: the association life cycle, C-ECHO and C-STORE, C-FIND, C-MOVE and C-GET."""
         return [*self.handlers.bindings(), *self.find.bindings(), *self.retrieve.bindings()]
 
-    def start(self) -> tuple[str, int]:
-        """Start listening in background threads; returns the bound (host, port)."""
+    def start(self, *, resume: bool = True) -> tuple[str, int]:
+        """Start listening in background threads; returns the bound (host, port).
+
+        With ``receivers`` > 1 the port is shared with the other receiver processes, which start with
+        ``resume=False``: only the node's own process makes what a previous run left pending due
+        again (Storage Commitment reports).
+        """
         ssl_context = server_ssl_context(self.settings.tls) if self.settings.tls else None
-        server = self.ae.start_server(
+        # AE.start_server(block=False), with the server class chosen here.
+        server = self.ae.make_server(
             (self.settings.host, self.settings.port),
-            block=False,
             ssl_context=ssl_context,
             evt_handlers=self.bindings(),
             contexts=quickly_copied(self.ae.supported_contexts),
+            server_class=SharedPortServer if self.settings.receivers > 1 else ThreadedAssociationServer,
         )
-        assert server is not None
+        threading.Thread(target=server.serve_forever, name="acceptor", daemon=True).start()
+        self.ae._servers.append(server)
         self.server = server
-        self.commitment.start()  # also reports what a previous run left pending
+        self.commitment.start(resume=resume)  # also reports what a previous run left pending
         host, port = server.server_address[:2]
         LOG.info(
             "listening as %s on %s:%d%s", self.settings.ae_title, host, port, " (TLS)" if ssl_context else ""
