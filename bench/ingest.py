@@ -108,12 +108,14 @@ def orthanc(workdir: Path) -> Iterator[tuple[int, int]]:
 
 
 @contextmanager
-def node(workdir: Path, tree: Path = REPO) -> Iterator[tuple[int, int]]:
+def node(workdir: Path, tree: Path = REPO, receivers: int = 1) -> Iterator[tuple[int, int]]:
     """``dicom-node serve`` of the checkout at ``tree`` (the shared virtualenv's editable install may
-    point at another checkout: ``PYTHONPATH`` makes the one measured explicit)."""
+    point at another checkout: ``PYTHONPATH`` makes the one measured explicit), with ``receivers``
+    processes on its port."""
     port = free_port()
     env = {
         **ENV,
+        **({"DICOM_NODE_RECEIVERS": str(receivers)} if receivers > 1 else {}),
         "PYTHONPATH": str(tree),
         "DICOM_NODE_DATA_DIR": str(workdir / "node"),
         "DICOM_NODE_QUIET_PERIOD": "3600",
@@ -134,6 +136,7 @@ def node(workdir: Path, tree: Path = REPO) -> Iterator[tuple[int, int]]:
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
+        wait_listeners(port, receivers)
         yield port, proc.pid
     finally:
         proc.terminate()
@@ -166,10 +169,31 @@ def send(port: int, folders: list[Path]) -> float:
     return time.perf_counter() - start
 
 
+def wait_listeners(port: int, count: int, timeout: float = 30.0) -> None:
+    """Wait until ``count`` sockets listen on ``port`` (the node's receiver processes start after it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listening = 0
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            listening += int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A"
+        if listening >= count:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"fewer than {count} sockets listen on {port}")
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a running process (its threads included), from /proc."""
+    """User + system CPU time of a running process and its running children (threads included)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        total += sum(cpu_seconds(int(child)) for child in children if Path(f"/proc/{child}").exists())
+    return total
 
 
 def send_each(port: int, files: list[Path]) -> float:
@@ -245,6 +269,7 @@ RECEIVERS: dict[str, tuple[str, Callable[[Path], Any]]] = {
     "floor": ("fsync floor (write+fsync, no network)", lambda _: None),  # durable_floor, not a server
     "orthanc": ("Orthanc 1.10 (fsync + SQLite index)", orthanc),
     "node": ("dicom-node serve (fsync + index)", node),
+    "node2": ("dicom-node serve, receivers = 2", lambda w: node(w, receivers=2)),
 }
 
 
