@@ -61,7 +61,7 @@ class Node:
         self.edge = EdgeServer(settings, self.ingest, on_evidence=self.look_again)
         self.receivers: ReceiverProcesses | None = None
         if settings.receivers > 1:
-            self.receivers = ReceiverProcesses(settings, self._evidence_from_receiver)
+            self.receivers = ReceiverProcesses(settings, self.look_again)
         self.web: WebServer | None = None
         if settings.dicomweb.enabled:
             self.web = WebServer(settings.dicomweb, settings.access, self.database, self.store, self.ingest)
@@ -115,10 +115,6 @@ class Node:
         timer = threading.Timer(delay, self._wake.set)
         timer.daemon = True
         timer.start()
-
-    def _evidence_from_receiver(self, delay: float) -> None:
-        """A receiver process saw completion evidence (dicom_node.receivers)."""
-        self.look_again(delay)
 
     def _assemble_loop(self) -> None:
         while not self._stop.is_set():

@@ -183,6 +183,7 @@ class CommitmentService:
 
     def __post_init__(self) -> None:
         self._live: dict[int, weakref.ref[Association]] = {}
+        self._received: set[int] = set()  # requests this process recorded and has not finished
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -240,6 +241,7 @@ class CommitmentService:
         )
         with self._lock:
             self._live[request_id] = weakref.ref(assoc)
+            self._received.add(request_id)
         self._wake.set()
         if self.on_evidence is not None:
             self.on_evidence(0.0)
@@ -285,7 +287,7 @@ class CommitmentService:
                 .order_by(CommitmentRequest.id)
             ).all()
         with self._lock:
-            mine = set(self._live)
+            mine = set(self._received)
         others = now - timedelta(seconds=OTHERS_GRACE)
         return [row.id for row in rows if row.id in mine or row.received_at <= others]
 
@@ -389,12 +391,17 @@ class CommitmentService:
             if assoc.is_established:
                 assoc.release()
 
+    def _forget(self, request_id: int) -> None:
+        with self._lock:
+            self._received.discard(request_id)
+
     def _finish(self, request_id: int, how: str) -> None:
         with self.database.session() as session:
             request = session.get(CommitmentRequest, request_id)
             if request is None:
                 return
             request.state = CommitmentState.REPORTED
+            self._forget(request_id)
             request.reported_at = utcnow()
             request.attempts += 1
             request.error = None
@@ -415,6 +422,7 @@ class CommitmentService:
             request.error = error
             if request.attempts >= MAX_ATTEMPTS:
                 request.state = CommitmentState.FAILED
+                self._forget(request_id)
                 LOG.error("storage commitment %s not reported, giving up: %s", request.transaction_uid, error)
             else:
                 delay = RETRY_BASE ** (request.attempts - 1)
