@@ -1,14 +1,16 @@
 """Ingest throughput: the node vs DCMTK storescp and Orthanc receiving the same CT in the same run.
 
-    .venv/bin/python bench/ingest.py [--slices 300] [--size 512] [--runs 3] [--single 30] [--only NAME,...]
+    .venv/bin/python bench/ingest.py [--slices 300] [--size 512] [--runs 3] [--single 30] [--parallel 4]
+                                     [--receivers 2] [--only NAME,...] [--baseline DIR]
 
-Sends a generated CT series with DCMTK storescu (TCP_NODELAY=1) over one association, over four
-parallel associations, and (``--single``) its first slices one association each, one after another, as
+Sends a generated CT series with DCMTK storescu (TCP_NODELAY=1) over one association, over four (or
+``--parallel``) associations at once, and (``--single``) its first slices one association each, one after another, as
 a modality that sends each image on its own does (that row's time includes starting ``storescu`` per
 image, the same for every receiver), to DCMTK storescp (writes files, no fsync, no index), to Orthanc
 (Debian's package as shipped: SQLite index, ``SyncStorageArea`` fsync, its 16 KiB PDU; TCP_NODELAY=1
 in its environment, which its DCMTK network layer reads) and to ``dicom-node serve`` (fsync of file
-and folder and an indexed commit per instance before the response, SQLite). The receivers take turns
+and folder and an indexed commit per instance before the response, SQLite; also with ``--receivers``
+receiver processes on its port, whose CPU is counted with the node's). The receivers take turns
 within each run (storescp, Orthanc, node; 1, 4, then one association per image), so a machine shared
 with other work slows them alike; the table holds the median of ``--runs`` and each receiver's ratio
 to storescp. The "fsync floor" rows write the same files the way the node makes them durable (write,
@@ -269,7 +271,6 @@ RECEIVERS: dict[str, tuple[str, Callable[[Path], Any]]] = {
     "floor": ("fsync floor (write+fsync, no network)", lambda _: None),  # durable_floor, not a server
     "orthanc": ("Orthanc 1.10 (fsync + SQLite index)", orthanc),
     "node": ("dicom-node serve (fsync + index)", node),
-    "node2": ("dicom-node serve, receivers = 2", lambda w: node(w, receivers=2)),
 }
 
 
@@ -283,14 +284,30 @@ def main() -> None:
     parser.add_argument(
         "--single", type=int, default=30, help="images sent one per association (a third row per receiver)"
     )
-    parser.add_argument("--only", default=",".join(RECEIVERS), help="receivers, of " + ",".join(RECEIVERS))
+    parser.add_argument(
+        "--parallel", default="4", help="association counts sent at once, comma-separated (besides 1)"
+    )
+    parser.add_argument(
+        "--receivers",
+        default="2",
+        help="also the node with this many receiver processes (comma-separated; '' for none)",
+    )
+    parser.add_argument("--only", help="receivers, of " + ",".join(RECEIVERS) + " and nodeN")
     parser.add_argument(
         "--baseline",
         type=Path,
         help="another checkout (e.g. the main branch) whose node runs in the same runs",
     )
     args = parser.parse_args()
-    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    for count in (int(n) for n in args.receivers.split(",") if n.strip()):
+        RECEIVERS[f"node{count}"] = (
+            f"dicom-node serve, receivers = {count}",
+            lambda w, count=count: node(w, receivers=count),
+        )
+    chosen = [name.strip() for name in (args.only or ",".join(RECEIVERS)).split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in RECEIVERS]
+    if unknown:
+        sys.exit(f"unknown receivers {unknown}: choose of {', '.join(RECEIVERS)}")
     if args.baseline is not None:
         tree = args.baseline.resolve()
         RECEIVERS["baseline"] = (f"dicom-node serve ({tree.name})"[:38], lambda w: node(w, tree))
@@ -304,12 +321,14 @@ def main() -> None:
         one = data / "one"
         paths = write_ct_series(one, args.slices, rows=args.size, columns=args.size)
         total_mb = sum(p.stat().st_size for p in paths) / 1e6
-        four = [data / f"part{i}" for i in range(4)]
-        for i, path in enumerate(paths):
-            four[i % 4].mkdir(exist_ok=True)
-            os.link(path, four[i % 4] / path.name)
+        loads: list[tuple[str, list[Path], int]] = [("1", [one], len(paths))]
+        for parallel in (int(n) for n in args.parallel.split(",") if n.strip()):
+            parts = [data / f"{parallel}-part{i}" for i in range(parallel)]
+            for i, path in enumerate(paths):
+                parts[i % parallel].mkdir(exist_ok=True)
+                os.link(path, parts[i % parallel] / path.name)
+            loads.append((str(parallel), parts, len(paths)))
         single = paths[: args.single]
-        loads = [("1", [one], len(paths)), ("4", four, len(paths))]
         if single:
             loads.append((f"{len(single)}×1", single, len(single)))
         images = {label: count for label, _, count in loads}
