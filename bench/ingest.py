@@ -4,18 +4,18 @@
                                      [--receivers 2] [--only NAME,...] [--baseline DIR]
 
 Sends a generated CT series with DCMTK storescu (TCP_NODELAY=1) over one association, over four (or
-``--parallel``) associations at once, and (``--single``) its first slices one association each, one after another, as
-a modality that sends each image on its own does (that row's time includes starting ``storescu`` per
-image, the same for every receiver), to DCMTK storescp (writes files, no fsync, no index), to Orthanc
-(Debian's package as shipped: SQLite index, ``SyncStorageArea`` fsync, its 16 KiB PDU; TCP_NODELAY=1
-in its environment, which its DCMTK network layer reads) and to ``dicom-node serve`` (fsync of file
-and folder and an indexed commit per instance before the response, SQLite; also with ``--receivers``
-receiver processes on its port, whose CPU is counted with the node's). The receivers take turns
-within each run (storescp, Orthanc, node; 1, 4, then one association per image), so a machine shared
-with other work slows them alike; the table holds the median of ``--runs`` and each receiver's ratio
-to storescp. The "fsync floor" rows write the same files the way the node makes them durable (write,
-fsync, rename, fsync of the folder) and do nothing else: no receiver that fsyncs each instance before
-its response can be faster on this disk.
+``--parallel``) associations at once, and (``--single``) its first slices one association each, one
+after another, as a modality that sends each image on its own does (that row's time includes starting
+``storescu`` per image, the same for every receiver), to DCMTK storescp (writes files, no fsync, no
+index), to Orthanc (Debian's package as shipped: SQLite index, ``SyncStorageArea`` fsync, its 16 KiB
+PDU; TCP_NODELAY=1 in its environment, which its DCMTK network layer reads) and to ``dicom-node
+serve`` (fsync of file and folder and an indexed commit per instance before the response, SQLite;
+also with ``--receivers`` receiver processes on its port, whose CPU is counted with the node's). The
+receivers take turns within each run (storescp, Orthanc, node; 1, 4, then one association per image),
+so a machine shared with other work slows them alike; the table holds the median of ``--runs`` and
+each receiver's ratio to storescp. The "fsync floor" rows write the same files the way the node makes
+them durable (write, fsync, rename, fsync of the folder) and do nothing else: no receiver that fsyncs
+each instance before its response can be faster on this disk.
 """
 
 from __future__ import annotations
