@@ -12,7 +12,9 @@ import queue
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -84,13 +86,38 @@ def _receiver(parent: int, port: int, timeout: float = 30.0, not_pid: int | None
     pytest.fail(f"no receiver process listens on {port} beside {parent}")
 
 
-def _associate(port: int, calling: str = "RECVSCU") -> object:
+def _associate(port: int, calling: str = "RECVSCU") -> Any:
     ae = AE(ae_title=calling)
     ae.add_requested_context(CT, EXPLICIT)
     assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
     assert assoc.is_established
     nodelay(assoc)
     return assoc
+
+
+def _on_receiver(port: int, receiver: int, associate: Callable[[], Any]) -> Any:
+    """Open associations (``associate()``) until one belongs to ``receiver``; abort the others."""
+    opened = []
+    try:
+        for _ in range(64):
+            assoc = associate()
+            assert assoc.is_established
+            if _owners(port, ESTABLISHED, [receiver])[receiver]:
+                return assoc
+            opened.append(assoc)
+        pytest.fail("no association reached the receiver process")
+    finally:
+        for assoc in opened:
+            assoc.abort()
+
+
+def _serve_two(tmp_path: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """``serve`` with ``receivers = 2`` on a free port, data in ``tmp_path/var``, log in ``serve.log``."""
+    port = free_port()
+    serve = start_serve(
+        tmp_path / "var", port, tmp_path / "serve.log", {"DICOM_NODE_RECEIVERS": "2", **(env or {})}
+    )
+    return serve, port
 
 
 def _storescu(port: int, folders: list[Path]) -> None:
@@ -117,9 +144,8 @@ def _split(paths: list[Path], root: Path, parts: int) -> list[Path]:
 
 
 def test_two_receivers_share_the_port_and_keep_each_instance_once(tmp_path: Path) -> None:
-    port, data_dir = free_port(), tmp_path / "var"
-    log = tmp_path / "serve.log"
-    serve = start_serve(data_dir, port, log, {"DICOM_NODE_RECEIVERS": "2"})
+    serve, port = _serve_two(tmp_path)
+    data_dir, log = tmp_path / "var", tmp_path / "serve.log"
     try:
         receiver = _receiver(serve.pid, port)
         assert _owners(port, LISTEN, [serve.pid, receiver]) == {serve.pid: 1, receiver: 1}
@@ -129,7 +155,7 @@ def test_two_receivers_share_the_port_and_keep_each_instance_once(tmp_path: Path
         assert owners[serve.pid] > 0 and owners[receiver] > 0, owners
         assert sum(owners.values()) == 16
         for assoc in held:
-            assoc.release()  # type: ignore[attr-defined]
+            assoc.release()
 
         paths = write_ct_series(tmp_path / "ct", 64, rows=64, columns=64)
         _storescu(port, _split(paths, tmp_path / "send", 8))
@@ -155,27 +181,17 @@ def test_two_receivers_share_the_port_and_keep_each_instance_once(tmp_path: Path
 
 
 def test_a_release_on_the_receiver_completes_the_study_without_waiting_for_quiet(tmp_path: Path) -> None:
-    port, data_dir = free_port(), tmp_path / "var"
-    env = {"DICOM_NODE_RECEIVERS": "2", "DICOM_NODE_ROUTES": ASSOCIATION_ROUTE}
-    serve = start_serve(data_dir, port, tmp_path / "serve.log", env)  # quiet period: an hour
+    serve, port = _serve_two(tmp_path, {"DICOM_NODE_ROUTES": ASSOCIATION_ROUTE})  # quiet: an hour
+    data_dir = tmp_path / "var"
     try:
         receiver = _receiver(serve.pid, port)
-        # Open associations until one belongs to the receiver process; store on that one only.
-        opened, chosen = [], None
-        for _ in range(64):
-            assoc = _associate(port)
-            if _owners(port, ESTABLISHED, [receiver])[receiver]:
-                chosen = assoc
-                break
-            opened.append(assoc)
-        assert chosen is not None, "no association reached the receiver process"
-        for assoc in opened:
-            assoc.abort()  # type: ignore[attr-defined]
+        # Store on one association that belongs to the receiver process, on that one only.
+        chosen = _on_receiver(port, receiver, lambda: _associate(port))
         paths = write_ct_series(tmp_path / "ct", 3, rows=32, columns=32)
         for path in paths:
-            status = chosen.send_c_store(dcmread(path))  # type: ignore[attr-defined]
+            status = chosen.send_c_store(dcmread(path))
             assert status.Status == 0x0000
-        chosen.release()  # type: ignore[attr-defined]
+        chosen.release()
         released = time.monotonic()
         database = Database(f"sqlite:///{data_dir / 'index.sqlite3'}")
         state = None
@@ -194,9 +210,8 @@ def test_a_release_on_the_receiver_completes_the_study_without_waiting_for_quiet
 
 
 def test_a_killed_receiver_is_started_again_and_an_orphan_stops(tmp_path: Path) -> None:
-    port, data_dir = free_port(), tmp_path / "var"
-    log = tmp_path / "serve.log"
-    serve = start_serve(data_dir, port, log, {"DICOM_NODE_RECEIVERS": "2"})
+    serve, port = _serve_two(tmp_path)
+    data_dir, log = tmp_path / "var", tmp_path / "serve.log"
     try:
         first = _receiver(serve.pid, port)
         os.kill(first, signal.SIGKILL)
@@ -224,27 +239,17 @@ def test_a_killed_receiver_is_started_again_and_an_orphan_stops(tmp_path: Path) 
 
 
 def test_a_commitment_request_to_the_receiver_is_reported_there_once(tmp_path: Path) -> None:
-    port, data_dir = free_port(), tmp_path / "var"
-    serve = start_serve(data_dir, port, tmp_path / "serve.log", {"DICOM_NODE_RECEIVERS": "2"})
+    serve, port = _serve_two(tmp_path)
+    data_dir = tmp_path / "var"
     reports: queue.Queue[tuple[int, object]] = queue.Queue()
     try:
         receiver = _receiver(serve.pid, port)
-        opened, chosen = [], None
-        for _ in range(64):
-            assoc = _scu().associate(
-                "127.0.0.1",
-                port,
-                ae_title="DICOMNODE",
-                evt_handlers=[(evt.EVT_N_EVENT_REPORT, _on_report(reports))],
-            )
-            assert assoc.is_established
-            if _owners(port, ESTABLISHED, [receiver])[receiver]:
-                chosen = assoc
-                break
-            opened.append(assoc)
-        assert chosen is not None, "no association reached the receiver process"
-        for assoc in opened:
-            assoc.abort()
+        handlers = [(evt.EVT_N_EVENT_REPORT, _on_report(reports))]
+        chosen = _on_receiver(
+            port,
+            receiver,
+            lambda: _scu().associate("127.0.0.1", port, ae_title="DICOMNODE", evt_handlers=handlers),
+        )
         paths = write_ct_series(tmp_path / "ct", 2, rows=32, columns=32)
         for path in paths:
             assert chosen.send_c_store(dcmread(path)).Status == 0x0000
