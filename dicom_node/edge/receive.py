@@ -18,12 +18,17 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
+from pynetdicom import evt
+from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider, _QueueItem
 from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE, DimsePrimitiveType
 from pynetdicom.pdu_primitives import P_DATA
 
+from dicom_node.edge.store_response import encode_c_store_rsp
 from dicom_node.storage.incoming import IncomingFile
 from dicom_node.storage.part10 import PREAMBLE, file_meta
 
@@ -70,6 +75,34 @@ class StreamingDimse(DIMSEServiceProvider):
             return self.msg_queue.get(timeout=MESSAGE_WAIT)
         except queue.Empty:
             return None, None
+
+    def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
+        """Send a DIMSE message; a C-STORE response goes out as one PDV encoded by ``store_response``.
+
+        pynetdicom's own path (kept for every other message, and for a response it must encode) also
+        triggers ``EVT_DIMSE_SENT``; the fast path is taken only while nothing but pynetdicom's
+        standard logging handler, which logs nothing for a C-STORE-RSP, is bound to it.
+        """
+        if isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None:
+            command = encode_c_store_rsp(primitive)
+            if command is not None and self._fits_one_pdu(command) and self._sent_unobserved():
+                pdata = P_DATA()
+                # Control header 0x03: a command, its last fragment (PS3.8 E.2). pynetdicom's setter
+                # checks for [ID, PDV] lists, not the tuples its annotation names.
+                value: Any = [context_id, b"\x03" + command]
+                pdata.presentation_data_value_list = [value]
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
+
+    def _fits_one_pdu(self, command: bytes) -> bool:
+        # A P-DATA-TF of one PDV spends 6 bytes on its item length, context ID and control header.
+        limit = self.maximum_pdu_size
+        return limit == 0 or len(command) <= limit - 6
+
+    def _sent_unobserved(self) -> bool:
+        handlers = self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        return all(handler is standard_dimse_sent_handler for handler, _ in handlers)  # type: ignore[misc]
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         # A P-DATA may carry the last command fragment and the first data fragment together; each PDV
