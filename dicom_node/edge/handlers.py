@@ -33,6 +33,7 @@ from dicom_node.edge import wakeup
 from dicom_node.edge.commitment import CommitmentService
 from dicom_node.edge.mpps import MppsService
 from dicom_node.edge.nodelay import nodelay
+from dicom_node.edge.quiet import drop_unheard_log_handlers
 from dicom_node.edge.receive import StreamingDimse
 from dicom_node.edge.retrieve import prefer_requested_syntaxes
 from dicom_node.errors import (
@@ -137,6 +138,7 @@ class EdgeHandlers:
         except OSError:  # no descriptor left for the wake-up pipe: pynetdicom's own polling then
             LOG.warning("could not make the association's reactor event-driven", exc_info=True)
         nodelay(event)
+        drop_unheard_log_handlers(event.assoc)
 
     def handle_conn_close(self, event: evt.Event) -> None:
         dimse = event.assoc.dimse
