@@ -11,9 +11,11 @@ association.
 makes its wait an event wait: the sleep becomes 0 and the socket check a ``select`` that also watches a
 wake-up pipe, with a timeout of ``IDLE_WAIT``. Everything that queues a primitive for the peer (the
 DIMSE responses, ACSE) goes through ``to_provider_queue.put``, which here also writes one byte to the
-pipe: the reactor sends it at once. What the loop checks on its own (the ARTIM timer, a kill) is noticed
-at most ``IDLE_WAIT`` later. No pynetdicom method is replaced: the socket's ``ready`` is overridden by
-a subclass and the queue is a ``queue.Queue`` subclass, both set on the association before it runs.
+pipe: the reactor sends it at once. Likewise what the DUL hands up (a release or abort request) sets an
+event that the association's reactor waits on with its DIMSE messages. What the loop checks on its own
+(the ARTIM timer, a kill) is noticed at most ``IDLE_WAIT`` later. No pynetdicom method is replaced: the
+socket's ``ready`` is overridden by a subclass and the queues are ``queue.Queue`` subclasses, all set on
+the association before it runs.
 Measured in bench/ingest.py (docs/ingest.md, "Speed").
 """
 
@@ -25,8 +27,10 @@ import queue
 import select
 import socket
 import ssl
+import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, cast
 
 from pynetdicom.association import Association
@@ -66,16 +70,17 @@ class _Wakeup:
                 os.close(fd)
 
 
-class _WakingQueue(queue.Queue[Any]):
-    """``to_provider_queue``: every primitive put on it wakes the reactor."""
+class NotifyingQueue(queue.Queue[Any]):
+    """A queue that calls ``notify`` after every put: the DUL's ``to_provider_queue`` wakes its reactor,
+    its ``to_user_queue`` and the DIMSE message queue wake the association's reactor."""
 
-    def __init__(self, wakeup: _Wakeup) -> None:
+    def __init__(self, notify: Callable[[], None]) -> None:
         super().__init__()
-        self._wakeup = wakeup
+        self._notify = notify
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        self._wakeup.wake()
+        self._notify()
 
 
 class WakeableSocket(AssociationSocket):
@@ -139,9 +144,20 @@ def install(assoc: Association) -> bool:
     weakref.finalize(sock, wakeup.close)  # the pipe lives as long as the socket object
     sock.__class__ = WakeableSocket
     sock._wakeup = wakeup  # type: ignore[attr-defined]
-    dul.to_provider_queue = _WakingQueue(wakeup)
+    dul.to_provider_queue = NotifyingQueue(wakeup.wake)
+    # The association's reactor waits for DIMSE messages (``receive.StreamingDimse.get_msg``); a release
+    # or abort request the DUL hands up wakes that wait too, instead of being seen after its timeout.
+    signal = threading.Event()
+    dul.to_user_queue = NotifyingQueue(signal.set)
+    dul._dicom_node_for_user = signal  # type: ignore[attr-defined]
     dul._run_loop_delay = 0
     return True
+
+
+def for_user_signal(assoc: Association) -> threading.Event | None:
+    """The event set whenever ``assoc``'s DUL hands up a primitive (``install``), or None."""
+    signal = getattr(assoc.dul, "_dicom_node_for_user", None)
+    return signal if isinstance(signal, threading.Event) else None
 
 
 def let_the_peer_speak(assoc: Association) -> None:
