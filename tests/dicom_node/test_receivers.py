@@ -46,21 +46,27 @@ def _socket_inodes(port: int, state: str) -> set[str]:
     return inodes
 
 
+def _held(pid: int, inodes: set[str]) -> set[str]:
+    """Which of the socket ``inodes`` the process ``pid`` holds."""
+    held: set[str] = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:  # the process ended
+        return held
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            held.add(target[8:-1])
+    return held
+
+
 def _owners(port: int, state: str, pids: list[int]) -> dict[int, int]:
     """How many sockets on the local ``port`` in ``state`` each of ``pids`` holds."""
     inodes = _socket_inodes(port, state)
-    counts = {}
-    for pid in pids:
-        held = 0
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:[") and target[8:-1] in inodes:
-                held += 1
-        counts[pid] = held
-    return counts
+    return {pid: len(_held(pid, inodes)) for pid in pids}
 
 
 def _children(pid: int) -> list[int]:
@@ -78,10 +84,13 @@ def _receiver(parent: int, port: int, timeout: float = 30.0, not_pid: int | None
     """The pid of the receiver process that listens on ``port`` beside ``parent``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = [pid for pid in _children(parent) if pid != not_pid]
-        listening = [pid for pid, n in _owners(port, LISTEN, children).items() if n]
-        if listening:
-            return listening[0]
+        inodes = _socket_inodes(port, LISTEN)
+        # A child between fork and exec still holds the parent's listening socket: only a socket of
+        # its own makes it the receiver.
+        parents = _held(parent, inodes)
+        for pid in _children(parent):
+            if pid != not_pid and _held(pid, inodes) - parents:
+                return pid
         time.sleep(0.1)
     pytest.fail(f"no receiver process listens on {port} beside {parent}")
 
