@@ -29,6 +29,7 @@ from dicom_node.edge.handlers import EdgeHandlers
 from dicom_node.edge.mpps import MppsService
 from dicom_node.edge.query import MODELS, FindService
 from dicom_node.edge.retrieve import RetrieveService
+from dicom_node.edge.uid_validation import memoise_uid_validation
 from dicom_node.index.audit import AuditTrail
 from dicom_node.index.models import utcnow
 from dicom_node.storage.ingest import Ingest
@@ -40,6 +41,7 @@ LOG = logging.getLogger(__name__)
 def build_ae(settings: Settings) -> AE:
     """An AE that accepts C-ECHO, every storage SOP class in every transfer syntax pynetdicom knows (also
     in the SCP role, for C-GET's sub-operations), and the Patient and Study Root FIND, MOVE and GET."""
+    memoise_uid_validation()
     ae = AE(ae_title=settings.ae_title)
     # The largest PDU a peer may send us: what one association holds of an instance in memory at a
     # time (data sets stream to disk, edge/receive.py). 0 would mean unlimited.
