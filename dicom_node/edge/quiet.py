@@ -5,8 +5,8 @@ received and sent and per DIMSE message received and sent, each an ``Event`` mad
 association's lock, and for a C-STORE request lines formatted from its command set. They log at INFO
 and DEBUG only, and the node keeps pynetdicom's records from WARNING up unless it runs at DEBUG
 (``ops/logging.py``), so outside debugging all that work is thrown away. Measured with
-``/tmp/prof/profile.py`` (py-spy, one association, 600 slices, 2026-12-03): 8 % of the GIL's samples of
-``serve`` were ``standard_dimse_recv_handler``.
+``bench/ingest_profile.py`` (py-spy, one association, 600 slices, 2026-12-03): 8 % of the GIL's samples
+of ``serve`` were ``standard_dimse_recv_handler``.
 """
 
 from __future__ import annotations
