@@ -121,7 +121,7 @@ class WakeableSocket(AssociationSocket):
         # pynetdicom's loop checks the socket, then handles one queued event per turn. An event already
         # waiting must not wait for the socket: a new connection queues Evt5 and its A-ASSOCIATE-RQ
         # arrives with it, so the RQ's Evt6 would otherwise be handled only after a whole IDLE_WAIT
-        # (20 ms of every association, measured: A-ASSOCIATE-RQ to -AC 34 ms, 14 ms without).
+        # (20 ms of every association; measured A-ASSOCIATE-RQ to -AC: 34 ms with that wait, 13 ms without).
         timeout = 0.0 if not self.event_queue.empty() else IDLE_WAIT
         watched: list[Any] = [sock, self._wakeup]
         try:
