@@ -6,19 +6,50 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 from collections import Counter
 
 from pydicom import dcmread
 
 from dicom_node.index.models import Delivery, DeliveryState, Instance, Job, JobState, Result
-from tests.jobs.conftest import make_ct_study, wait_for
+from tests.jobs.conftest import NodeUnderTest, make_ct_study, wait_for
 from tests.jobs.fixed_pipeline import result_uids, stamp_of
 
 
 def _delivered(node, count: int) -> bool:
     deliveries = node.rows(Delivery)
     return len(deliveries) == count and all(d.state == DeliveryState.DELIVERED for d in deliveries)
+
+
+def _write_lock_free(node: NodeUnderTest) -> bool:
+    """Whether a writer can take the SQLite index's write lock within half a second."""
+    connection = sqlite3.connect(node.data_dir / "index.sqlite3", timeout=0.5, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        connection.close()
+
+
+def _freeze_mid_pipeline(node: NodeUnderTest, pgid: int) -> None:
+    """SIGSTOP the worker's process group at a moment it holds no write transaction.
+
+    On SQLite a process stopped inside a write transaction (a lease renewal, say) keeps the index's one
+    write lock, and every writer waits for it (docs/jobs.md): not the worker frozen in its pipeline that
+    this test is about. A CI-style run on 2026-12-03 failed here once (the second worker had not finished
+    after 60 s); in 1 of 8 runs beside a CPU load the first freeze landed inside a write transaction.
+    """
+    for _ in range(50):
+        os.killpg(pgid, signal.SIGSTOP)
+        if node.database_url or _write_lock_free(node):
+            return
+        os.killpg(pgid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the worker held the index's write lock at every one of 50 freezes")
 
 
 def test_worker_frozen_past_its_lease_publishes_nothing_when_it_wakes(tmp_path, redis_db, pacs, node_factory):
@@ -31,7 +62,7 @@ def test_worker_frozen_past_its_lease_publishes_nothing_when_it_wakes(tmp_path, 
     study_uid, files = make_ct_study(tmp_path / "study")
     node.send(files)
     wait_for(lambda: any(j.state == JobState.RUNNING for j in node.rows(Job)), 60, "the job to start")
-    os.killpg(frozen.pid, signal.SIGSTOP)  # the worker and its pool child, mid-pipeline: no heartbeat
+    _freeze_mid_pipeline(node, frozen.pid)  # the worker and its pool child, mid-pipeline: no heartbeat
     try:
         node._start(
             ["worker"],
@@ -40,7 +71,10 @@ def test_worker_frozen_past_its_lease_publishes_nothing_when_it_wakes(tmp_path, 
             DICOM_NODE_TEST_WRITER_STAMP="1",
         )
         sop_uid = result_uids(study_uid)[1]
-        wait_for(lambda: _delivered(node, 1), 60, f"the second worker to finish\n{node.log('worker-b.log')}")
+        try:
+            wait_for(lambda: _delivered(node, 1), 60, "the second worker to finish")
+        except AssertionError as error:  # the logs as they are now, not as they were when it began
+            raise AssertionError(f"{error}\n{node.log('worker-b.log')}\n{node.log('serve.log')}") from None
         assert pacs.received() == [sop_uid]
     finally:
         os.killpg(frozen.pid, signal.SIGCONT)
